@@ -1,0 +1,85 @@
+"""billing-gateway: prepaid SMS credit balances with Stripe top-ups."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from flask import Flask, Response, g, request
+from flask_smorest import Api
+
+from billing_gateway import auth, db
+from billing_gateway.config import Settings, load_settings
+from billing_gateway.errors import handle_http_exception, register_error_handlers
+from billing_gateway.json_codec import DecimalJSONProvider
+
+__all__ = ["create_app"]
+
+
+class BillingApi(Api):
+    """flask-smorest's Api with the contract's error shape for HTTP errors."""
+
+    def handle_http_exception(self, error):  # type: ignore[no-untyped-def]  # smorest's signature
+        """Answer HTTP errors (404, 405, 413, 422) with the one JSON error shape."""
+        return handle_http_exception(error)
+
+
+def _openapi_config(settings: Settings) -> dict[str, object]:
+    return {
+        "API_TITLE": "billing-gateway",
+        "API_VERSION": "1.0.0",
+        "OPENAPI_VERSION": "3.0.3",
+        "OPENAPI_URL_PREFIX": "/",
+        "OPENAPI_JSON_PATH": "openapi.json",
+        "API_SPEC_OPTIONS": {
+            "info": {"description": "Prepaid SMS credits: balance, history, top-ups, charges."},
+            "components": {
+                "securitySchemes": {
+                    "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+                }
+            },
+            "security": [{"bearerAuth": []}],
+        },
+    }
+
+
+def _assign_request_id() -> None:
+    supplied = request.headers.get("X-Request-Id", "")
+    valid = 0 < len(supplied) <= 64 and supplied.isprintable()
+    g.request_id = supplied if valid else uuid.uuid4().hex
+
+
+def _echo_request_id(response: Response) -> Response:
+    response.headers["X-Request-Id"] = g.get("request_id", "")
+    return response
+
+
+def create_app(settings: Settings | None = None, *, database_url: str | None = None) -> Flask:
+    """Build the WSGI application; nothing connects until the first request."""
+    settings = settings or load_settings()
+    dsn = database_url or settings.database_url
+    if not dsn:
+        raise RuntimeError(
+            "DATABASE_URL is not set; run `billing-gateway serve` for the embedded database"
+        )
+    app = Flask(__name__)
+    app.json = DecimalJSONProvider(app)
+    app.config.update(
+        BILLING_SETTINGS=settings,
+        MAX_CONTENT_LENGTH=settings.max_content_length,
+        **_openapi_config(settings),
+    )
+    logging.getLogger("billing_gateway").setLevel(logging.INFO)
+
+    register_error_handlers(app)
+    auth.init_app(app, settings)
+    db.init_app(app, dsn, min_size=settings.pool_min_size, max_size=settings.pool_max_size)
+    app.before_request(_assign_request_id)
+    app.after_request(_echo_request_id)
+
+    from billing_gateway.api import balance, funds, health, transactions
+
+    api = BillingApi(app)
+    for module in (health, balance, funds, transactions):
+        api.register_blueprint(module.blp)
+    return app

@@ -1,0 +1,37 @@
+"""GET /balance: an org's credit balance."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app
+
+from billing_gateway import ledger, money
+from billing_gateway.api import blueprint
+from billing_gateway.auth import ADMIN, MEMBER, SERVICE, current_caller, require_role, resolve_org
+from billing_gateway.db import get_db, tenant_transaction
+from billing_gateway.schemas import BalanceResponse, OrgQuery
+
+blp = blueprint("balance", "An organization's prepaid SMS credit balance.")
+
+
+def balance_payload(balance: Any, currency: str) -> dict[str, Any]:
+    """Shape a balance for JSON: exact number, display string, currency."""
+    return {
+        "balance": balance,
+        "formatted": money.format_display(balance, currency),
+        "currency": currency,
+    }
+
+
+@blp.route("/balance", methods=["GET"])
+@require_role(MEMBER, ADMIN, SERVICE)
+@blp.arguments(OrgQuery, location="query", as_kwargs=True)
+@blp.response(200, BalanceResponse)
+def get_balance(org_id: Any = None) -> dict[str, Any]:
+    """Show the balance of the caller's org (admin and service: any org by orgId)."""
+    caller = current_caller()
+    org = resolve_org(caller, org_id)
+    with tenant_transaction(get_db(), org, caller.subject) as conn:
+        balance = ledger.get_balance(conn, org)
+    return balance_payload(balance, current_app.config["BILLING_SETTINGS"].currency)

@@ -1,0 +1,76 @@
+"""A POST that writes to the ledger: one tenant transaction, replayable by Idempotency-Key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from flask import Response, request
+
+from billing_gateway import idempotency, json_codec
+from billing_gateway.auth import current_caller
+from billing_gateway.db import get_db, tenant_transaction
+from billing_gateway.errors import ValidationFailed
+
+MAX_KEY_LENGTH = 255
+
+
+@dataclass
+class LedgerWrite:
+    """The open transaction of a write request, and its stored answer if it is a retry."""
+
+    conn: psycopg.Connection
+    caller: str
+    key: str | None
+    replay: Response | None = None
+
+    def respond(
+        self, status: int, payload: dict[str, Any], transaction_id: UUID | None = None
+    ) -> Response:
+        """Serialize the answer and, for a keyed request, store it with the ledger effect."""
+        body = json_codec.dumps(payload)
+        if self.key is not None:
+            idempotency.store(
+                self.conn, self.caller, self.key,
+                idempotency.StoredResponse(status, body), transaction_id,
+            )
+        return Response(body, status=status, mimetype="application/json")
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= MAX_KEY_LENGTH or not key.isprintable():
+        raise ValidationFailed(
+            "Idempotency-Key must be 1 to 255 printable characters",
+            fields={"Idempotency-Key": ["Invalid key."]},
+        )
+    return key
+
+
+@contextmanager
+def ledger_write(org_id: UUID) -> Iterator[LedgerWrite]:
+    """Open the org's transaction; with an Idempotency-Key, claim it or load its answer.
+
+    Claim, ledger effect and stored answer commit together or not at all: a failed
+    request leaves the key free for its retry.
+    """
+    caller = current_caller().subject
+    key = _idempotency_key()
+    with tenant_transaction(get_db(), org_id, caller) as conn:
+        write = LedgerWrite(conn=conn, caller=caller, key=key)
+        if key is not None:
+            body = request.get_json(silent=True)
+            fingerprint = idempotency.fingerprint(request.method, request.path, org_id, body)
+            stored = idempotency.claim(conn, caller, key, org_id, fingerprint)
+            if stored is not None:
+                write.replay = Response(
+                    stored.body, status=stored.status_code, mimetype="application/json"
+                )
+                write.replay.headers["Idempotent-Replayed"] = "true"
+        yield write

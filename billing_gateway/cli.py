@@ -1,0 +1,153 @@
+"""Command line: migrate, serve, token."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from billing_gateway import embedded
+from billing_gateway.auth import ADMIN, MEMBER, ROLES, issue_token
+from billing_gateway.config import ConfigError, Settings, load_settings, warn_if_dev_secret
+from billing_gateway.migrations import migrate
+
+DEMO_ORG_FILE = "demo-org"
+
+
+def database_url(settings: Settings) -> str:
+    """Return DATABASE_URL, or start the embedded PostgreSQL and return its URL."""
+    if settings.database_url:
+        return settings.database_url
+    server = embedded.start_server(settings.data_dir / "pgdata")
+    print(f"Embedded PostgreSQL running from {(settings.data_dir / 'pgdata').resolve()}")
+    return embedded.ensure_database(server.get_uri())
+
+
+def demo_org(data_dir: Path) -> uuid.UUID:
+    """Return the local demo organization's id, the same on every start."""
+    path = data_dir / DEMO_ORG_FILE
+    if path.exists():
+        return uuid.UUID(path.read_text().strip())
+    org = uuid.uuid4()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{org}\n")
+    return org
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    """Apply the migrations in sql/."""
+    applied = migrate(database_url(settings))
+    print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    """Print a signed JWT for local use."""
+    org = uuid.UUID(args.org) if args.org else None
+    if args.role == MEMBER and org is None:
+        print("a member token needs --org", file=sys.stderr)
+        return 2
+    print(issue_token(settings, org_id=org, role=args.role, subject=args.sub or f"dev-{args.role}",
+                      lifetime=dt.timedelta(hours=args.hours)))
+    return 0
+
+
+def _print_quickstart(settings: Settings, bind: str) -> None:
+    org = demo_org(settings.data_dir)
+    member = issue_token(settings, org_id=org, role=MEMBER, subject="demo-member",
+                         lifetime=dt.timedelta(days=7))
+    admin = issue_token(settings, org_id=None, role=ADMIN, subject="demo-admin",
+                        lifetime=dt.timedelta(days=7))
+    base = f"http://{bind}/api/billing"
+    print(f"""
+billing-gateway on http://{bind}   (OpenAPI: http://{bind}/openapi.json)
+Demo organization: {org}
+MEMBER_TOKEN={member}
+ADMIN_TOKEN={admin}
+
+Try:
+  curl -s -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' \\
+       -d '{{"amount": 25.00, "orgId": "{org}"}}' {base}/add-funds
+  curl -s -H "Authorization: Bearer $MEMBER_TOKEN" {base}/balance
+  curl -s -H "Authorization: Bearer $MEMBER_TOKEN" '{base}/transactions?limit=10'
+(tokens are valid for 7 days; `billing-gateway token --org ORG --role ROLE` makes more)
+""", flush=True)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the service under gunicorn, on the embedded database when DATABASE_URL is unset."""
+    from gunicorn.app.base import BaseApplication
+
+    from billing_gateway import create_app
+
+    dsn = database_url(settings)
+    migrate(dsn)
+    warn_if_dev_secret(settings)
+    bind = f"{args.host}:{args.port}"
+    if settings.jwt_algorithm == "HS256":
+        _print_quickstart(settings, bind)
+
+    class Server(BaseApplication):  # type: ignore[misc]  # gunicorn is untyped
+        def load_config(self) -> None:
+            self.cfg.set("bind", bind)
+            self.cfg.set("workers", args.workers)
+            self.cfg.set("threads", args.threads)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("accesslog", "-")
+            self.cfg.set("graceful_timeout", 10)
+
+        def load(self) -> Any:
+            # Called in each worker after the fork: each builds its own app and pool.
+            return create_app(settings, database_url=dsn)
+
+    Server().run()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Describe the commands."""
+    parser = argparse.ArgumentParser(prog="billing-gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    migrate_cmd = sub.add_parser("migrate", help="apply sql/ migrations (idempotent)")
+    migrate_cmd.set_defaults(func=cmd_migrate)
+
+    serve = sub.add_parser(
+        "serve", help="run the service (embedded PostgreSQL without DATABASE_URL)"
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=2)
+    serve.add_argument("--threads", type=int, default=4)
+    serve.set_defaults(func=cmd_serve)
+
+    token = sub.add_parser("token", help="print a signed JWT for local use")
+    token.add_argument("--org", help="organization id (UUID)")
+    token.add_argument("--role", choices=ROLES, default=MEMBER)
+    token.add_argument("--sub", help="subject (default dev-ROLE)")
+    token.add_argument("--hours", type=float, default=24.0)
+    token.set_defaults(func=cmd_token)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command and return its exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        code: int = args.func(args, settings)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Settings from the environment, read and validated in one place."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from billing_gateway.money import LEDGER_PLACES, currency_exponent
+
+DEV_SECRET_FILE = "jwt-secret"  # noqa: S105  # a file name, not a secret
+MIN_SECRET_LENGTH = 32
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; start-up stops with this message."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service reads from its environment."""
+
+    database_url: str | None = None
+    data_dir: Path = Path(".billing-gateway")
+    environment: str = "development"
+    jwt_secret: str | None = None
+    jwt_secret_is_dev: bool = False
+    jwt_algorithm: str = "HS256"
+    jwt_public_key: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_org_claim: str = "org_id"
+    jwt_role_claim: str = "role"
+    currency: str = "usd"
+    public_url: str = "http://localhost:8000"
+    stripe_secret_key: str | None = None
+    stripe_webhook_secrets: tuple[str, ...] = ()
+    stripe_api_base: str | None = None
+    min_topup: Decimal = Decimal("5.00")
+    max_topup: Decimal = Decimal("10000.00")
+    default_sms_price: Decimal = Decimal("0.0075")
+    rate_limit: str = "300/minute"
+    ratelimit_storage_uri: str = "memory://"
+    pool_min_size: int = 1
+    pool_max_size: int = 10
+    pool_timeout: float = 5.0
+    max_content_length: int = 1024 * 1024
+
+    @property
+    def is_production(self) -> bool:
+        """Tell whether the deployment declared itself production."""
+        return self.environment == "production"
+
+    def with_overrides(self, **changes: object) -> Settings:
+        """Return a copy with some settings replaced (tests, the embedded server)."""
+        return replace(self, **changes)  # type: ignore[arg-type]  # dataclass kwargs
+
+
+def _decimal(env: Mapping[str, str], name: str, default: str) -> Decimal:
+    raw = env.get(name, default)
+    try:
+        value = Decimal(raw)
+    except InvalidOperation as exc:
+        raise ConfigError(f"{name}={raw!r} is not a decimal number") from exc
+    if not value.is_finite() or value <= 0:
+        raise ConfigError(f"{name}={raw!r} must be a positive number")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from exc
+    if value < 1:
+        raise ConfigError(f"{name}={raw!r} must be at least 1")
+    return value
+
+
+def dev_jwt_secret(data_dir: Path) -> str:
+    """Return this checkout's development JWT secret, creating it on first use.
+
+    It is random per data directory (never a well-known string), so a dev deployment
+    that escapes to a network cannot be forged from public knowledge.
+    """
+    path = data_dir / DEV_SECRET_FILE
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(48)
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+    return value
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the settings; raise ConfigError with a readable message."""
+    env = os.environ if env is None else env
+    environment = env.get("BILLING_ENV", "development").strip().lower()
+    if environment not in ("development", "production", "test"):
+        raise ConfigError(f"BILLING_ENV={environment!r}: use development, production or test")
+    data_dir = Path(env.get("BILLING_DATA_DIR", ".billing-gateway"))
+
+    algorithm = env.get("BILLING_JWT_ALGORITHM", "HS256").upper()
+    if algorithm not in ("HS256", "RS256", "ES256"):
+        raise ConfigError(f"BILLING_JWT_ALGORITHM={algorithm!r}: use HS256, RS256 or ES256")
+    public_key = env.get("BILLING_JWT_PUBLIC_KEY")
+    secret = env.get("BILLING_JWT_SECRET")
+    secret_is_dev = False
+    if algorithm == "HS256":
+        if not secret:
+            if environment == "production":
+                raise ConfigError("BILLING_JWT_SECRET is required when BILLING_ENV=production")
+            secret = dev_jwt_secret(data_dir)
+            secret_is_dev = True
+        elif len(secret) < MIN_SECRET_LENGTH and environment == "production":
+            raise ConfigError(f"BILLING_JWT_SECRET must be at least {MIN_SECRET_LENGTH} characters")
+    elif not public_key:
+        raise ConfigError(f"BILLING_JWT_PUBLIC_KEY is required with {algorithm}")
+
+    currency = env.get("BILLING_CURRENCY", "usd").strip().lower()
+    if len(currency) != 3 or not currency.isalpha():
+        raise ConfigError(f"BILLING_CURRENCY={currency!r} is not an ISO 4217 code")
+    if currency_exponent(currency) > LEDGER_PLACES:
+        raise ConfigError(f"BILLING_CURRENCY={currency!r} has more decimals than the ledger keeps")
+
+    min_topup = _decimal(env, "BILLING_MIN_TOPUP", "5.00")
+    max_topup = _decimal(env, "BILLING_MAX_TOPUP", "10000.00")
+    if min_topup > max_topup:
+        raise ConfigError("BILLING_MIN_TOPUP is larger than BILLING_MAX_TOPUP")
+
+    webhook_secrets = tuple(
+        s.strip() for s in env.get("STRIPE_WEBHOOK_SECRET", "").split(",") if s.strip()
+    )
+    return Settings(
+        database_url=env.get("DATABASE_URL") or None,
+        data_dir=data_dir,
+        environment=environment,
+        jwt_secret=secret,
+        jwt_secret_is_dev=secret_is_dev,
+        jwt_algorithm=algorithm,
+        jwt_public_key=public_key,
+        jwt_audience=env.get("BILLING_JWT_AUDIENCE") or None,
+        jwt_issuer=env.get("BILLING_JWT_ISSUER") or None,
+        jwt_org_claim=env.get("BILLING_JWT_ORG_CLAIM", "org_id"),
+        jwt_role_claim=env.get("BILLING_JWT_ROLE_CLAIM", "role"),
+        currency=currency,
+        public_url=env.get("BILLING_PUBLIC_URL", "http://localhost:8000").rstrip("/"),
+        stripe_secret_key=env.get("STRIPE_SECRET_KEY") or None,
+        stripe_webhook_secrets=webhook_secrets,
+        stripe_api_base=env.get("STRIPE_API_BASE") or None,
+        min_topup=min_topup,
+        max_topup=max_topup,
+        default_sms_price=_decimal(env, "BILLING_DEFAULT_SMS_PRICE", "0.0075"),
+        rate_limit=env.get("BILLING_RATE_LIMIT", "300/minute"),
+        ratelimit_storage_uri=env.get("RATELIMIT_STORAGE_URI", "memory://"),
+        pool_min_size=_int(env, "BILLING_DB_POOL_MIN", 1),
+        pool_max_size=_int(env, "BILLING_DB_POOL_MAX", 10),
+    )
+
+
+def warn_if_dev_secret(settings: Settings) -> None:
+    """Say loudly that tokens are signed with a development secret."""
+    if settings.jwt_secret_is_dev:
+        print(
+            "WARNING: BILLING_JWT_SECRET is not set; using the development secret in "
+            f"{settings.data_dir / DEV_SECRET_FILE}. Set BILLING_JWT_SECRET (and "
+            "BILLING_ENV=production) before exposing this service.",
+            file=sys.stderr,
+        )

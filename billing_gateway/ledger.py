@@ -1,0 +1,169 @@
+"""Credits, debits, balance and history: the money core, over the SQL functions in sql/."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from billing_gateway import json_codec
+from billing_gateway.errors import IdempotencyConflict
+
+TRANSACTION_TYPES = ("purchase", "sms_send", "refund", "adjustment", "bonus", "reversal")
+CREDIT_TYPES = ("purchase", "bonus", "adjustment", "refund")
+
+# Raised by add_credits when a PaymentIntent is replayed with another amount (sql/001).
+_SQLSTATE_CONFLICT = "BG409"
+
+
+@dataclass(frozen=True)
+class LedgerResult:
+    """What one credit or debit did: its transaction, the balance after it, the outcome."""
+
+    transaction_id: UUID | None
+    balance: Decimal
+    outcome: str
+
+    @property
+    def is_duplicate(self) -> bool:
+        """Tell whether an earlier identical write answered instead of a new one."""
+        return self.outcome == "duplicate"
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    """One page of an org's ledger, newest first, and the exact number of rows in all."""
+
+    transactions: list[dict[str, Any]]
+    total: int
+
+
+def _jsonb(value: dict[str, Any] | None) -> Jsonb | None:
+    return None if value is None else Jsonb(value, dumps=json_codec.dumps)
+
+
+def get_balance(conn: psycopg.Connection, org_id: UUID) -> Decimal:
+    """Return the org's balance (zero for an org never seen)."""
+    row = conn.execute("SELECT get_org_balance(%s)", (org_id,)).fetchone()
+    assert row is not None
+    balance: Decimal = row[0]
+    return balance
+
+
+def has_sufficient_balance(conn: psycopg.Connection, org_id: UUID, amount: Decimal) -> bool:
+    """Tell whether the org's balance covers `amount`."""
+    row = conn.execute("SELECT has_sufficient_balance(%s, %s)", (org_id, amount)).fetchone()
+    assert row is not None
+    return bool(row[0])
+
+
+def credit(
+    conn: psycopg.Connection,
+    org_id: UUID,
+    amount: Decimal,
+    *,
+    type: str = "purchase",
+    payment_method: str | None = None,
+    payment_intent_id: str | None = None,
+    description: str | None = None,
+    created_by: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> LedgerResult:
+    """Add credits; a purchase whose PaymentIntent was already credited returns that credit."""
+    try:
+        row = conn.execute(
+            "SELECT transaction_id, balance, outcome"
+            " FROM add_credits(%s, %s, %s, %s, %s, %s, %s, %s)",
+            (org_id, amount, type, payment_method, payment_intent_id, description,
+             created_by, _jsonb(metadata)),
+        ).fetchone()
+    except psycopg.errors.UniqueViolation as exc:
+        # The unique index on payment_intent_id spans every org; RLS hides the other
+        # org's row from add_credits' own lookup, so the index is what refuses it.
+        raise IdempotencyConflict(
+            f"Payment intent {payment_intent_id} is already credited to another organization"
+        ) from exc
+    except psycopg.Error as exc:
+        if exc.sqlstate == _SQLSTATE_CONFLICT:
+            raise IdempotencyConflict(
+                f"Payment intent {payment_intent_id} was already credited with another amount"
+            ) from exc
+        raise
+    assert row is not None
+    return LedgerResult(*row)
+
+
+def debit(
+    conn: psycopg.Connection,
+    org_id: UUID,
+    amount: Decimal,
+    *,
+    sms_count: int | None = None,
+    cost_per_sms: Decimal | None = None,
+    message_id: str | None = None,
+    campaign_id: str | None = None,
+    description: str | None = None,
+    created_by: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> LedgerResult:
+    """Charge usage: never below zero ('insufficient_funds'), once per message_id ('duplicate')."""
+    row = conn.execute(
+        "SELECT transaction_id, balance, outcome"
+        " FROM deduct_credits(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (org_id, amount, sms_count, cost_per_sms, message_id, campaign_id, description,
+         created_by, _jsonb(metadata)),
+    ).fetchone()
+    assert row is not None
+    return LedgerResult(*row)
+
+
+_COLUMNS = """t.id, t.type, t.amount, t.balance_before, t.balance_after, t.sms_count,
+    t.cost_per_sms, t.payment_method, t.description, t.created_at, t.payment_intent_id,
+    t.message_id, t.campaign_id, t.metadata"""
+
+# One round trip per page: the exact total comes from the counters kept under the org's
+# row lock, and the page is an index range on seq (or type_seq) below total - offset, so
+# offset 1,000,000 costs what offset 0 costs. The bound also keeps page and total
+# consistent with each other while new rows are being added.
+_PAGE_ALL = f"""
+    WITH total AS (
+        SELECT coalesce((SELECT transaction_count FROM organizations WHERE id = %(org)s), 0) AS n)
+    SELECT total.n AS total, {_COLUMNS}
+      FROM total LEFT JOIN LATERAL (
+          SELECT * FROM billing_transactions
+           WHERE org_id = %(org)s AND seq <= total.n - %(offset)s
+           ORDER BY seq DESC LIMIT %(limit)s) t ON true"""
+
+_PAGE_OF_TYPE = f"""
+    WITH total AS (
+        SELECT coalesce((SELECT n FROM billing_transaction_counts
+                          WHERE org_id = %(org)s AND type = %(type)s), 0) AS n)
+    SELECT total.n AS total, {_COLUMNS}
+      FROM total LEFT JOIN LATERAL (
+          SELECT * FROM billing_transactions
+           WHERE org_id = %(org)s AND type = %(type)s AND type_seq <= total.n - %(offset)s
+           ORDER BY type_seq DESC LIMIT %(limit)s) t ON true"""
+
+
+def history(
+    conn: psycopg.Connection,
+    org_id: UUID,
+    *,
+    limit: int,
+    offset: int,
+    type: str | None = None,
+) -> HistoryPage:
+    """Return a page of the org's transactions, newest first, with the exact total."""
+    params = {"org": org_id, "limit": limit, "offset": offset, "type": type}
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(_PAGE_OF_TYPE if type else _PAGE_ALL, params).fetchall()
+    total = int(rows[0]["total"]) if rows else 0
+    transactions = [row for row in rows if row["id"] is not None]
+    for row in transactions:
+        del row["total"]
+    return HistoryPage(transactions=transactions, total=total)

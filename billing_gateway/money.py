@@ -1,0 +1,118 @@
+"""Exact money: parsing caller input, ledger precision, JSON numbers and display strings."""
+
+from __future__ import annotations
+
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
+
+# The ledger keeps 4 decimal places (sub-cent SMS prices); top-ups are whole minor units.
+LEDGER_PLACES = 4
+LEDGER_QUANTUM = Decimal(1).scaleb(-LEDGER_PLACES)
+# Largest single credit or debit accepted: far above any real top-up, far below the
+# numeric(18,4) column limit, so a sum of many can never overflow.
+MAX_AMOUNT = Decimal("1000000000")
+
+# Currencies whose minor unit is not 1/100, from Stripe's list of zero-decimal and
+# three-decimal currencies: https://docs.stripe.com/currencies#zero-decimal
+_ZERO_DECIMAL = {
+    "bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd",
+    "vuv", "xaf", "xof", "xpf",
+}
+_THREE_DECIMAL = {"bhd", "jod", "kwd", "omr", "tnd"}
+_SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£", "jpy": "¥", "inr": "₹"}
+
+
+class AmountError(ValueError):
+    """An input amount that the ledger refuses, with the reason for the caller."""
+
+
+def currency_exponent(currency: str) -> int:
+    """Return how many decimal places the currency's minor unit has."""
+    code = currency.lower()
+    if code in _ZERO_DECIMAL:
+        return 0
+    if code in _THREE_DECIMAL:
+        return 3
+    return 2
+
+
+def parse_amount(
+    value: object, *, places: int = LEDGER_PLACES, maximum: Decimal = MAX_AMOUNT
+) -> Decimal:
+    """Turn a JSON number or numeric string into a positive Decimal with at most `places`.
+
+    Floats are refused outright: JSON is parsed with Decimal, so a float here means a
+    caller bypassed that and its value may already be rounded.
+    """
+    if isinstance(value, bool) or value is None:
+        raise AmountError("must be a number")
+    if isinstance(value, float):
+        raise AmountError("must be an exact decimal, not a float")
+    if isinstance(value, int):
+        amount = Decimal(value)
+    elif isinstance(value, Decimal):
+        amount = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if not text or len(text) > 40:
+            raise AmountError("must be a decimal number")
+        try:
+            amount = Decimal(text)
+        except InvalidOperation as exc:
+            raise AmountError("must be a decimal number") from exc
+    else:
+        raise AmountError("must be a number")
+    if not amount.is_finite():
+        raise AmountError("must be a finite number")
+    if amount <= 0:
+        raise AmountError("must be greater than zero")
+    if amount > maximum:
+        raise AmountError(f"must be at most {format_number(maximum)}")
+    exponent = amount.normalize().as_tuple().exponent
+    if isinstance(exponent, int) and -exponent > places:
+        raise AmountError(f"must have at most {places} decimal places")
+    return amount.quantize(LEDGER_QUANTUM)
+
+
+def to_number(amount: Decimal) -> Decimal:
+    """Return the amount as JSON shows it: 2 decimals, or up to 4 when sub-cent digits exist."""
+    quantized = amount.quantize(LEDGER_QUANTUM)
+    cents = quantized.quantize(Decimal("0.01"))
+    if cents == quantized:
+        return cents
+    return quantized.normalize()
+
+
+def format_number(amount: Decimal) -> str:
+    """Return the amount as a plain decimal string (no exponent)."""
+    return f"{to_number(amount):f}"
+
+
+def format_display(amount: Decimal, currency: str) -> str:
+    """Return a display string in whole minor units: "$52.88", "¥5200", "12.345 KWD".
+
+    No thousands separators, as the seed's front end shows balances.
+
+    Sub-cent digits are cut, never rounded up, so a display never shows credit that the
+    ledger does not hold.
+    """
+    exponent = currency_exponent(currency)
+    shown = amount.quantize(Decimal(1).scaleb(-exponent), rounding=ROUND_DOWN)
+    sign = "-" if shown < 0 else ""
+    digits = f"{abs(shown):f}"
+    symbol = _SYMBOLS.get(currency.lower())
+    if symbol:
+        return f"{sign}{symbol}{digits}"
+    return f"{sign}{digits} {currency.upper()}"
+
+
+def to_minor_units(amount: Decimal, currency: str) -> int:
+    """Convert a whole-minor-unit amount to Stripe's integer (52.88 usd -> 5288)."""
+    scaled = amount.scaleb(currency_exponent(currency))
+    if scaled != scaled.to_integral_value():
+        raise AmountError(f"{amount} is not a whole number of {currency} minor units")
+    return int(scaled)
+
+
+def from_minor_units(units: int, currency: str) -> Decimal:
+    """Convert Stripe's integer amount to a ledger Decimal (5288 usd -> 52.88)."""
+    return Decimal(units).scaleb(-currency_exponent(currency)).quantize(LEDGER_QUANTUM)

@@ -1,0 +1,149 @@
+"""Marshmallow schemas: they validate input, shape output and generate /openapi.json."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate
+
+from billing_gateway import money
+from billing_gateway.ledger import CREDIT_TYPES, TRANSACTION_TYPES
+
+
+class Money(fields.Decimal):
+    """A positive exact amount, from a JSON number or a numeric string."""
+
+    def __init__(self, *, places: int = money.LEDGER_PLACES, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.places = places
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Decimal:
+        try:
+            return money.parse_amount(value, places=self.places)
+        except money.AmountError as exc:
+            raise ValidationError(f"Amount {exc}.") from exc
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Decimal | None:
+        return None if value is None else money.to_number(value)
+
+
+class MoneyOut(fields.Decimal):
+    """An amount in a response: a JSON number with 2 decimals, or up to 4 for sub-cent values."""
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Decimal | None:
+        return None if value is None else money.to_number(value)
+
+
+class UtcDateTime(fields.DateTime):
+    """A timestamp in ISO 8601 UTC with a Z suffix, as the seed's front end reads it."""
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        if value is None:
+            return None
+        return str(value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"))
+
+
+def _text(max_length: int, **kwargs: Any) -> fields.String:
+    return fields.String(validate=validate.Length(min=1, max=max_length), **kwargs)
+
+
+class OrgQuery(Schema):
+    """Which org to read; admins and the SMS sender name it, members need not."""
+
+    org_id = fields.UUID(data_key="orgId", metadata={"description": "Admin and service only."})
+
+
+class BalanceResponse(Schema):
+    """An org's balance."""
+
+    balance = MoneyOut(required=True)
+    formatted = fields.String(required=True, metadata={"example": "$52.88"})
+    currency = fields.String(required=True, metadata={"example": "usd"})
+
+
+class AddFundsRequest(Schema):
+    """A manual credit by a platform admin."""
+
+    amount = Money(places=2, required=True, metadata={"example": 100.00})
+    payment_method = _text(50, data_key="paymentMethod", load_default="manual")
+    payment_intent_id = _text(
+        255, data_key="paymentIntentId",
+        metadata={"description": "Credits a purchase once per PaymentIntent."},
+    )
+    description = _text(1000)
+    org_id = fields.UUID(data_key="orgId")
+    type = fields.String(load_default="purchase", validate=validate.OneOf(CREDIT_TYPES))
+
+
+class AddFundsResponse(Schema):
+    """The credit written (or the earlier one a retry found)."""
+
+    message = fields.String(required=True)
+    transaction_id = fields.UUID(data_key="transactionId", required=True)
+    balance = MoneyOut(required=True)
+    formatted = fields.String(required=True)
+
+
+class TransactionsQuery(OrgQuery):
+    """Paging and filter of the history."""
+
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=100))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=10**12))
+    type = fields.String(validate=validate.OneOf(TRANSACTION_TYPES))
+
+
+class Transaction(Schema):
+    """One ledger row, with the seed's field names."""
+
+    id = fields.UUID(required=True)
+    type = fields.String(required=True)
+    amount = MoneyOut(required=True)
+    balance_before = MoneyOut(required=True)
+    balance_after = MoneyOut(required=True)
+    sms_count = fields.Integer(allow_none=True)
+    cost_per_sms = MoneyOut(allow_none=True)
+    payment_method = fields.String(allow_none=True)
+    description = fields.String(allow_none=True)
+    created_at = UtcDateTime(required=True)
+    payment_intent_id = fields.String(allow_none=True)
+    message_id = fields.String(allow_none=True)
+    campaign_id = fields.String(allow_none=True)
+    metadata = fields.Dict(allow_none=True)
+
+
+class Pagination(Schema):
+    """Where this page sits in the whole history."""
+
+    total = fields.Integer(required=True)
+    limit = fields.Integer(required=True)
+    offset = fields.Integer(required=True)
+    has_more = fields.Boolean(data_key="hasMore", required=True)
+
+
+class TransactionsPage(Schema):
+    """A page of history."""
+
+    transactions = fields.List(fields.Nested(Transaction), required=True)
+    pagination = fields.Nested(Pagination, required=True)
+
+
+class ErrorDetail(Schema):
+    """The error object."""
+
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+    fields_ = fields.Dict(data_key="fields")
+
+
+class ErrorResponse(Schema):
+    """Every error has this shape."""
+
+    error = fields.Nested(ErrorDetail, required=True)
+
+
+class Health(Schema):
+    """Liveness or readiness."""
+
+    status = fields.String(required=True)
