@@ -267,7 +267,7 @@ BEGIN
                     p_payment_intent_id, v_prior.amount, p_amount
                     USING ERRCODE = 'BG409';
             END IF;
-            RETURN (v_prior.id, v_prior.balance_after, 'duplicate');
+            RETURN (v_prior.id, v_prior.balance_after, 'duplicate'::text);
         END IF;
     END IF;
     RETURN append_ledger_row(v_org, p_type, p_amount, NULL, NULL, p_payment_method,
@@ -299,11 +299,11 @@ BEGIN
         SELECT * INTO v_prior FROM billing_transactions
          WHERE org_id = p_org_id AND message_id = p_message_id AND type = 'sms_send';
         IF FOUND THEN
-            RETURN (v_prior.id, v_prior.balance_after, 'duplicate');
+            RETURN (v_prior.id, v_prior.balance_after, 'duplicate'::text);
         END IF;
     END IF;
     IF v_org.sms_balance < p_amount THEN
-        RETURN (NULL::uuid, v_org.sms_balance, 'insufficient_funds');
+        RETURN (NULL::uuid, v_org.sms_balance, 'insufficient_funds'::text);
     END IF;
     RETURN append_ledger_row(v_org, 'sms_send', -p_amount, p_sms_count, p_cost_per_sms, NULL,
                              NULL, p_message_id, p_campaign_id, p_description, p_metadata,

@@ -1,0 +1,137 @@
+"""Fixtures: a real PostgreSQL (embedded unless BILLING_TEST_DATABASE_URL names one), the app,
+a client, tokens, and the ledger invariants checked after every test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from psycopg import sql
+
+from billing_gateway import create_app, embedded
+from billing_gateway.auth import issue_token
+from billing_gateway.config import Settings
+from billing_gateway.invariants import find_violations
+from billing_gateway.migrations import migrate
+
+TEST_SECRET = "test-secret-" + "x" * 40
+LEDGER_TABLES = ("idempotency_keys", "billing_transaction_counts", "billing_transactions",
+                 "organizations")
+
+
+@pytest.fixture(scope="session")
+def server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server we may create databases on."""
+    external = os.environ.get("BILLING_TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    pgdata: Path = tmp_path_factory.mktemp("embedded") / "pgdata"
+    server = embedded.start_server(pgdata, cleanup_mode="delete")
+    yield server.get_uri()
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def database_url(server_dsn: str) -> Iterator[str]:
+    """A fresh, migrated database for this test session, dropped at the end."""
+    name = f"billing_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    dsn = psycopg.conninfo.make_conninfo(server_dsn, dbname=name)
+    migrate(dsn)
+    yield dsn
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings as the app reads them, with a fixed test secret."""
+    return Settings(
+        database_url=database_url,
+        data_dir=tmp_path_factory.mktemp("data"),
+        environment="test",
+        jwt_secret=TEST_SECRET,
+    )
+
+
+@pytest.fixture(scope="session")
+def app(settings: Settings) -> Iterator[Flask]:
+    """The application, shared by the session (its pool too)."""
+    application = create_app(settings)
+    yield application
+    application.extensions["billing_pool"].close()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """A test client of the shared app."""
+    return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def owner_conn(database_url: str) -> Iterator[psycopg.Connection]:
+    """A connection as the migrating superuser: sees every org (for setup and checks)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture(autouse=True)
+def ledger_is_sound(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After every test that touched the database: invariants hold, then start clean."""
+    if "database_url" not in request.fixturenames:
+        yield
+        return
+    conn: psycopg.Connection = request.getfixturevalue("owner_conn")
+    yield
+    problems = find_violations(conn)
+    conn.execute("TRUNCATE " + ", ".join(LEDGER_TABLES))  # type: ignore[arg-type]  # constants
+    assert problems == [], "ledger invariants broken:\n" + "\n".join(problems)
+
+
+@pytest.fixture
+def org() -> uuid.UUID:
+    """A new organization id."""
+    return uuid.uuid4()
+
+
+@pytest.fixture
+def other_org() -> uuid.UUID:
+    """A second organization id, for isolation tests."""
+    return uuid.uuid4()
+
+
+TokenFactory = Callable[..., dict[str, str]]
+
+
+@pytest.fixture
+def auth(settings: Settings) -> TokenFactory:
+    """Return Authorization headers for a role (and org)."""
+
+    def headers(role: str = "member", org_id: uuid.UUID | None = None,
+                subject: str | None = None) -> dict[str, str]:
+        token = issue_token(settings, org_id=org_id, role=role,
+                            subject=subject or f"test-{role}")
+        return {"Authorization": f"Bearer {token}"}
+
+    return headers
+
+
+@pytest.fixture
+def credit(client: FlaskClient, auth: TokenFactory) -> Callable[..., dict]:
+    """Add funds to an org as an admin and return the JSON answer."""
+
+    def add(org_id: uuid.UUID, amount: object, **body: object) -> dict:
+        response = client.post("/api/billing/add-funds", headers=auth("admin"),
+                               json={"amount": str(amount), "orgId": str(org_id), **body})
+        assert response.status_code == 201, response.get_json()
+        return response.get_json()
+
+    return add

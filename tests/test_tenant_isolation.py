@@ -1,0 +1,137 @@
+"""Tenant isolation in depth: RLS binds the role requests run under, whatever the DSN."""
+
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+
+import psycopg
+import pytest
+from flask import Flask
+
+from billing_gateway import create_app, ledger
+from billing_gateway.config import Settings
+from billing_gateway.db import get_pool, tenant_transaction
+from tests.conftest import TokenFactory
+
+
+@pytest.fixture
+def two_orgs(credit, org: uuid.UUID, other_org: uuid.UUID) -> dict[uuid.UUID, set[str]]:  # type: ignore[no-untyped-def]
+    """Both orgs with a few credits each; maps org to its transaction ids."""
+    ids: dict[uuid.UUID, set[str]] = {org: set(), other_org: set()}
+    for n in range(1, 4):
+        ids[org].add(credit(org, n)["transactionId"])
+        ids[other_org].add(credit(other_org, n * 10)["transactionId"])
+    ids[other_org].add(credit(other_org, 5, paymentIntentId="pi_other")["transactionId"])
+    return ids
+
+
+def test_requests_run_as_a_role_rls_binds(app: Flask) -> None:
+    with get_pool(app).connection() as conn:
+        user, superuser, bypass = conn.execute(
+            "SELECT current_user, rolsuper, rolbypassrls FROM pg_roles"
+            " WHERE rolname = current_user").fetchone()
+        owners = {row[0] for row in conn.execute(
+            "SELECT tableowner FROM pg_tables WHERE tablename IN"
+            " ('organizations', 'billing_transactions', 'idempotency_keys')")}
+        forced = conn.execute(
+            "SELECT bool_and(relrowsecurity AND relforcerowsecurity) FROM pg_class WHERE relname IN"
+            " ('organizations', 'billing_transactions', 'billing_transaction_counts',"
+            "  'idempotency_keys')").fetchone()
+    assert user == "billing_app"
+    assert (superuser, bypass) == (False, False)
+    assert user not in owners
+    assert forced == (True,)
+
+
+def test_query_without_org_filter_sees_only_current_org(
+    app: Flask, two_orgs: dict[uuid.UUID, set[str]], org: uuid.UUID
+) -> None:
+    with get_pool(app).connection() as conn, tenant_transaction(conn, org):
+        rows = {str(r[0]) for r in conn.execute("SELECT id FROM billing_transactions")}
+        orgs = [r[0] for r in conn.execute("SELECT id FROM organizations")]
+        counts = conn.execute("SELECT DISTINCT org_id FROM billing_transaction_counts").fetchall()
+    assert rows == two_orgs[org]
+    assert orgs == [org]
+    assert counts == [(org,)]
+
+
+def test_no_tenant_setting_sees_nothing(app: Flask, two_orgs: dict) -> None:
+    with get_pool(app).connection() as conn:
+        assert conn.execute("SELECT count(*) FROM billing_transactions").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM organizations").fetchone() == (0,)
+
+
+def test_tenant_setting_ends_with_the_transaction(app: Flask, org: uuid.UUID) -> None:
+    with get_pool(app).connection() as conn:
+        with tenant_transaction(conn, org):
+            pass
+        setting = conn.execute("SELECT current_setting('billing.org_id', true)").fetchone()
+    assert setting in ((""), (None,), ("",))
+
+
+def test_cannot_write_into_another_org(app: Flask, org: uuid.UUID, other_org: uuid.UUID) -> None:
+    with get_pool(app).connection() as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), tenant_transaction(conn, org):
+            ledger.credit(conn, other_org, Decimal("100"))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), tenant_transaction(conn, org):
+            conn.execute("INSERT INTO organizations (id, sms_balance) VALUES (%s, 1000000)",
+                         (other_org,))
+
+
+def test_ledger_rows_cannot_be_changed(app: Flask, two_orgs: dict, org: uuid.UUID,
+                                       owner_conn: psycopg.Connection) -> None:
+    with get_pool(app).connection() as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), tenant_transaction(conn, org):
+            conn.execute("UPDATE billing_transactions SET amount = 1000")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), tenant_transaction(conn, org):
+            conn.execute("DELETE FROM billing_transactions")
+    # Even the owner is refused by the append-only trigger.
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        owner_conn.execute("UPDATE billing_transactions SET description = 'edited'")
+
+
+def test_thousand_alternating_requests_over_two_connections_leak_nothing(
+    settings: Settings, auth: TokenFactory, two_orgs: dict[uuid.UUID, set[str]],
+    org: uuid.UUID, other_org: uuid.UUID,
+) -> None:
+    small = settings.with_overrides(pool_min_size=2, pool_max_size=2)
+    app = create_app(small)
+    orgs = [org, other_org]
+    headers = {o: auth("member", o) for o in orgs}
+    failing_at = 500
+
+    def request(i: int) -> tuple[int, uuid.UUID, int, set[str], int]:
+        client = app.test_client()
+        if i == failing_at:
+            # Fails mid-transaction: set_config and the org's row update have run when the
+            # unique index refuses another org's PaymentIntent; everything rolls back.
+            response = client.post("/api/billing/add-funds", headers=auth("admin"),
+                                   json={"amount": 5, "orgId": str(org),
+                                         "paymentIntentId": "pi_other"})
+            return i, org, response.status_code, set(), -1
+        target = orgs[i % 2]
+        response = client.get("/api/billing/transactions?limit=100", headers=headers[target])
+        body = response.get_json()
+        ids = {t["id"] for t in body["transactions"]}
+        return i, target, response.status_code, ids, body["pagination"]["total"]
+
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            results = list(pool.map(request, range(1000)))
+        with get_pool(app).connection() as conn:
+            leftover = conn.execute("SELECT current_setting('billing.org_id', true)").fetchone()
+        stats = get_pool(app).get_stats()
+    finally:
+        app.extensions["billing_pool"].close()
+
+    assert stats["pool_size"] == 2
+    assert [r for r in results if r[0] == failing_at][0][2] == 409
+    served = [r for r in results if r[0] != failing_at]
+    assert len(served) == 999
+    for _, target, status, ids, total in served:
+        assert status == 200
+        assert ids == two_orgs[target]
+        assert total == len(two_orgs[target])
+    assert leftover in (("",), (None,))
