@@ -6,7 +6,9 @@ import logging
 import uuid
 
 from flask import Flask, Response, g, request
+from flask.typing import ResponseReturnValue
 from flask_smorest import Api
+from werkzeug.exceptions import HTTPException
 
 from billing_gateway import auth, db
 from billing_gateway.config import Settings, load_settings
@@ -19,7 +21,7 @@ __all__ = ["create_app"]
 class BillingApi(Api):
     """flask-smorest's Api with the contract's error shape for HTTP errors."""
 
-    def handle_http_exception(self, error):  # type: ignore[no-untyped-def]  # smorest's signature
+    def handle_http_exception(self, error: HTTPException) -> ResponseReturnValue:
         """Answer HTTP errors (404, 405, 413, 422) with the one JSON error shape."""
         return handle_http_exception(error)
 

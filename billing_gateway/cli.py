@@ -91,7 +91,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if settings.jwt_algorithm == "HS256":
         _print_quickstart(settings, bind)
 
-    class Server(BaseApplication):  # type: ignore[misc]  # gunicorn is untyped
+    class Server(BaseApplication):
         def load_config(self) -> None:
             self.cfg.set("bind", bind)
             self.cfg.set("workers", args.workers)

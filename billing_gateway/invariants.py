@@ -43,6 +43,6 @@ def find_violations(conn: psycopg.Connection) -> list[str]:
     """Return a readable line per broken invariant; empty when the ledger is sound."""
     problems = []
     for name, query in _CHECKS.items():
-        for org_id, detail in conn.execute(query):  # type: ignore[arg-type]  # constant SQL
+        for org_id, detail in conn.execute(query.encode()):
             problems.append(f"{name}: org {org_id}: {detail}")
     return problems

@@ -56,7 +56,8 @@ def migrate(dsn: str, directory: Path | None = None) -> list[str]:
                        checksum text NOT NULL,
                        applied_at timestamptz NOT NULL DEFAULT now())"""
             )
-            done = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+            recorded = conn.execute("SELECT version, checksum FROM schema_migrations")
+            done: dict[str, str] = dict(recorded.fetchall())
             for migration in pending_files(directory):
                 if migration.version in done:
                     if done[migration.version] != migration.checksum:
@@ -66,7 +67,7 @@ def migrate(dsn: str, directory: Path | None = None) -> list[str]:
                         )
                     continue
                 with conn.transaction():
-                    conn.execute(migration.path.read_text())  # type: ignore[arg-type]  # trusted file
+                    conn.execute(migration.path.read_text().encode())
                     conn.execute(
                         "INSERT INTO schema_migrations (version, checksum) VALUES (%s, %s)",
                         (migration.version, migration.checksum),

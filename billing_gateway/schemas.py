@@ -17,11 +17,11 @@ class Money(fields.Decimal):
 
     def __init__(self, *, places: int = money.LEDGER_PLACES, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.places = places
+        self.amount_places = places
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Decimal:
         try:
-            return money.parse_amount(value, places=self.places)
+            return money.parse_amount(value, places=self.amount_places)
         except money.AmountError as exc:
             raise ValidationError(f"Amount {exc}.") from exc
 
