@@ -122,32 +122,24 @@ def debit(
     return LedgerResult(*row)
 
 
-_COLUMNS = """t.id, t.type, t.amount, t.balance_before, t.balance_after, t.sms_count,
-    t.cost_per_sms, t.payment_method, t.description, t.created_at, t.payment_intent_id,
-    t.message_id, t.campaign_id, t.metadata"""
+_COLUMNS = """id, type, amount, balance_before, balance_after, sms_count, cost_per_sms,
+    payment_method, description, created_at, payment_intent_id, message_id, campaign_id,
+    metadata"""
 
-# One round trip per page: the exact total comes from the counters kept under the org's
-# row lock, and the page is an index range on seq (or type_seq) below total - offset, so
-# offset 1,000,000 costs what offset 0 costs. The bound also keeps page and total
-# consistent with each other while new rows are being added.
-_PAGE_ALL = f"""
-    WITH total AS (
-        SELECT coalesce((SELECT transaction_count FROM organizations WHERE id = %(org)s), 0) AS n)
-    SELECT total.n AS total, {_COLUMNS}
-      FROM total LEFT JOIN LATERAL (
-          SELECT * FROM billing_transactions
-           WHERE org_id = %(org)s AND seq <= total.n - %(offset)s
-           ORDER BY seq DESC LIMIT %(limit)s) t ON true"""
+# The exact total comes from counters kept under the org's row lock, never COUNT(*).
+_TOTAL_ALL = "SELECT transaction_count FROM organizations WHERE id = %s"
+_TOTAL_OF_TYPE = "SELECT n FROM billing_transaction_counts WHERE org_id = %s AND type = %s"
 
-_PAGE_OF_TYPE = f"""
-    WITH total AS (
-        SELECT coalesce((SELECT n FROM billing_transaction_counts
-                          WHERE org_id = %(org)s AND type = %(type)s), 0) AS n)
-    SELECT total.n AS total, {_COLUMNS}
-      FROM total LEFT JOIN LATERAL (
-          SELECT * FROM billing_transactions
-           WHERE org_id = %(org)s AND type = %(type)s AND type_seq <= total.n - %(offset)s
-           ORDER BY type_seq DESC LIMIT %(limit)s) t ON true"""
+# A page is the range of positions (seq, or type_seq) [total - offset - limit + 1,
+# total - offset]: an index range scan, so offset 1,000,000 costs what offset 0 costs.
+# The bounds are plain parameters on purpose: under RLS, PostgreSQL applies a qual ahead
+# of the policy (as an index condition) only when it is leakproof, and a bound computed
+# in SQL (subquery minus offset) is not, so it became a filter over every skipped row.
+# https://www.postgresql.org/docs/current/ddl-rowsecurity.html (leakproof functions)
+_PAGE_ALL = f"""SELECT {_COLUMNS} FROM billing_transactions
+    WHERE org_id = %s AND seq BETWEEN %s AND %s ORDER BY seq DESC"""
+_PAGE_OF_TYPE = f"""SELECT {_COLUMNS} FROM billing_transactions
+    WHERE org_id = %s AND type = %s AND type_seq BETWEEN %s AND %s ORDER BY type_seq DESC"""
 
 
 def history(
@@ -159,11 +151,14 @@ def history(
     type: str | None = None,
 ) -> HistoryPage:
     """Return a page of the org's transactions, newest first, with the exact total."""
-    params = {"org": org_id, "limit": limit, "offset": offset, "type": type}
     with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(_PAGE_OF_TYPE if type else _PAGE_ALL, params).fetchall()
-    total = int(rows[0]["total"]) if rows else 0
-    transactions = [row for row in rows if row["id"] is not None]
-    for row in transactions:
-        del row["total"]
+        key = (org_id,) if type is None else (org_id, type)
+        row = cur.execute(_TOTAL_ALL if type is None else _TOTAL_OF_TYPE, key).fetchone()
+        total = int(next(iter(row.values()))) if row else 0
+        upper = total - offset
+        if upper < 1:
+            return HistoryPage(transactions=[], total=total)
+        bounds = (max(1, upper - limit + 1), upper)
+        page = _PAGE_ALL if type is None else _PAGE_OF_TYPE
+        transactions = cur.execute(page, (*key, *bounds)).fetchall()
     return HistoryPage(transactions=transactions, total=total)

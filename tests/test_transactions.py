@@ -120,3 +120,19 @@ def test_limit_bounds_are_inclusive(client: FlaskClient, auth: TokenFactory,
                                     org: uuid.UUID) -> None:
     for limit in (1, 100):
         assert _page(client, auth, org, f"?limit={limit}")["pagination"]["limit"] == limit
+
+
+def test_deep_page_is_an_index_range_under_rls(app, history: list[str],  # type: ignore[no-untyped-def]
+                                               org: uuid.UUID) -> None:
+    # Regression guard: if the position bound stops being an index condition (it once was
+    # a filter, because computed bounds are not leakproof under RLS), a page at offset N
+    # reads N rows and history no longer scales.
+    from billing_gateway.db import get_pool
+
+    with get_pool(app).connection() as conn, tenant_transaction(conn, org):
+        plan = "\n".join(row[0] for row in conn.execute(
+            "EXPLAIN " + ledger._PAGE_ALL, (org, 2, 3)))
+        type_plan = "\n".join(row[0] for row in conn.execute(
+            "EXPLAIN " + ledger._PAGE_OF_TYPE, (org, "bonus", 1, 2)))
+    assert "seq >=" in plan and "Index Cond" in plan and "Filter: (seq" not in plan
+    assert "type_seq >=" in type_plan and "Filter: (type_seq" not in type_plan
