@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -25,11 +24,11 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from billing_gateway import create_app, embedded  # noqa: E402
-from billing_gateway.auth import issue_token  # noqa: E402
-from billing_gateway.config import Settings  # noqa: E402
-from billing_gateway.invariants import find_violations  # noqa: E402
-from billing_gateway.migrations import migrate  # noqa: E402
+from billing_gateway import create_app, embedded
+from billing_gateway.auth import issue_token
+from billing_gateway.config import Settings
+from billing_gateway.invariants import find_violations
+from billing_gateway.migrations import migrate
 
 SEED = """
 WITH s AS (
@@ -136,8 +135,9 @@ def main() -> int:
             for _ in range(max(3, args.pages // 20)):
                 t0 = time.perf_counter()
                 owner.execute("SELECT count(*) FROM billing_transactions WHERE org_id = %s", (org,))
-                owner.execute("SELECT * FROM billing_transactions WHERE org_id = %s"
-                              " ORDER BY created_at DESC OFFSET %s LIMIT 50", (org, n // 2)).fetchall()
+                seed_page = ("SELECT * FROM billing_transactions WHERE org_id = %s"
+                             " ORDER BY created_at DESC OFFSET %s LIMIT 50")
+                owner.execute(seed_page, (org, n // 2)).fetchall()
                 times.append((time.perf_counter() - t0) * 1000)
         print(f"{'seed design, COUNT(*)+OFFSET ' + str(n // 2):<32}{percentile(times, 50):>9.2f}"
               f"{percentile(times, 99):>9.2f}   (SQL only, for reference)")
