@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
+import hmac
 import json
 import uuid
 from decimal import Decimal
@@ -33,6 +35,17 @@ def _unsigned(claims: dict) -> str:
     def part(obj: dict) -> str:
         return base64.urlsafe_b64encode(json.dumps(obj, default=str).encode()).rstrip(b"=").decode()
     return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
+
+
+def _hmac_signed(claims: dict, key: bytes) -> str:
+    """Sign HS256 by hand (PyJWT refuses a PEM key as an HMAC secret, attackers do not)."""
+    def part(obj: dict) -> bytes:
+        return base64.urlsafe_b64encode(json.dumps(obj, default=str).encode()).rstrip(b"=")
+    signing_input = part({"alg": "HS256", "typ": "JWT"}) + b"." + part(
+        {**claims, "exp": int(claims["exp"].timestamp())})
+    signature = base64.urlsafe_b64encode(
+        hmac.new(key, signing_input, hashlib.sha256).digest()).rstrip(b"=")
+    return (signing_input + b"." + signature).decode()
 
 
 def _assert_unauthorized(response) -> None:  # type: ignore[no-untyped-def]
@@ -179,6 +192,27 @@ def test_audience_and_issuer_are_checked_when_configured(settings: Settings) -> 
         client = app.test_client()
         statuses = [client.get(BALANCE, headers={"Authorization": f"Bearer {t}"}).status_code
                     for t in (good, wrong_aud, no_iss)]
+    finally:
+        app.extensions["billing_pool"].close()
+    assert statuses == [200, 401, 401]
+
+
+def test_rs256_tokens_verify_with_the_public_key(settings: Settings) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    app = create_app(settings.with_overrides(jwt_algorithm="RS256", jwt_public_key=public_pem,
+                                             jwt_secret=None))
+    good = jwt.encode(_claims(), private, algorithm="RS256")
+    # The classic confusion attack: HS256 signed with the public key as the HMAC secret.
+    confused = _hmac_signed(_claims(role="admin"), public_pem.encode())
+    try:
+        client = app.test_client()
+        statuses = [client.get(BALANCE, headers={"Authorization": f"Bearer {t}"}).status_code
+                    for t in (good, confused, _token(_claims()))]
     finally:
         app.extensions["billing_pool"].close()
     assert statuses == [200, 401, 401]
