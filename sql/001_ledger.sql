@@ -224,6 +224,18 @@ BEGIN
 END
 $$;
 
+-- Refuse an amount no ledger write may carry: missing, NaN, zero or negative, or beyond
+-- what numeric(18,4) holds (which includes 'Infinity').
+CREATE FUNCTION require_amount(p_amount numeric, p_what text) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF p_amount IS NULL OR p_amount = 'NaN' OR p_amount <= 0 OR p_amount >= 1e14 THEN
+        RAISE EXCEPTION '% amount must be positive and finite, got %', p_what, p_amount
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
 -- Current balance; zero for an org never seen.
 CREATE FUNCTION get_org_balance(p_org_id uuid) RETURNS numeric
     LANGUAGE sql STABLE AS $$
@@ -248,10 +260,7 @@ DECLARE
     v_org organizations;
     v_prior billing_transactions;
 BEGIN
-    IF p_amount IS NULL OR p_amount = 'NaN' OR p_amount <= 0 THEN
-        RAISE EXCEPTION 'credit amount must be positive, got %', p_amount
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM require_amount(p_amount, 'credit');
     IF p_type NOT IN ('purchase', 'refund', 'adjustment', 'bonus') THEN
         RAISE EXCEPTION 'add_credits cannot write type %', p_type
             USING ERRCODE = 'invalid_parameter_value';
@@ -290,10 +299,7 @@ DECLARE
     v_org organizations;
     v_prior billing_transactions;
 BEGIN
-    IF p_amount IS NULL OR p_amount = 'NaN' OR p_amount <= 0 THEN
-        RAISE EXCEPTION 'debit amount must be positive, got %', p_amount
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM require_amount(p_amount, 'debit');
     v_org := lock_organization(p_org_id);
     IF p_message_id IS NOT NULL THEN
         SELECT * INTO v_prior FROM billing_transactions
