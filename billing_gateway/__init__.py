@@ -14,12 +14,16 @@ from billing_gateway import auth, db
 from billing_gateway.config import Settings, load_settings
 from billing_gateway.errors import handle_http_exception, register_error_handlers
 from billing_gateway.json_codec import DecimalJSONProvider
+from billing_gateway.schemas import ErrorResponse
 
 __all__ = ["create_app"]
 
 
 class BillingApi(Api):
     """flask-smorest's Api with the contract's error shape for HTTP errors."""
+
+    # Documents errors in /openapi.json with the shape the handlers really produce.
+    ERROR_SCHEMA = ErrorResponse
 
     def handle_http_exception(self, error: HTTPException) -> ResponseReturnValue:
         """Answer HTTP errors (404, 405, 413, 422) with the one JSON error shape."""

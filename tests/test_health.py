@@ -41,3 +41,13 @@ def test_openapi_describes_every_endpoint(client: FlaskClient) -> None:
     assert "amount" in schema["required"]
     assert schema["properties"]["amount"]["type"] == "number"
     assert "201" in add_funds["responses"]
+
+
+def test_openapi_documents_the_real_error_shape(client: FlaskClient) -> None:
+    spec = client.get("/openapi.json").get_json()
+    default_error = spec["components"]["responses"]["DEFAULT_ERROR"]["content"]
+    ref = default_error["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+    error = spec["components"]["schemas"][ref]
+    assert error["required"] == ["error"]
+    add_funds = spec["paths"]["/api/billing/add-funds"]["post"]["responses"]
+    assert "400" in add_funds and "422" not in add_funds
