@@ -83,9 +83,9 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     app.before_request(_assign_request_id)
     app.after_request(_echo_request_id)
 
-    from billing_gateway.api import balance, funds, health, transactions
+    from billing_gateway.api import balance, funds, health, transactions, usage
 
     api = BillingApi(app)
-    for module in (health, balance, funds, transactions):
+    for module in (health, balance, funds, transactions, usage):
         api.register_blueprint(module.blp)
     return app

@@ -55,6 +55,12 @@ def get_balance(conn: psycopg.Connection, org_id: UUID) -> Decimal:
     return balance
 
 
+def get_sms_price(conn: psycopg.Connection, org_id: UUID) -> Decimal | None:
+    """Return the org's own SMS price, or None when the deployment default applies."""
+    row = conn.execute("SELECT sms_price FROM organizations WHERE id = %s", (org_id,)).fetchone()
+    return None if row is None else row[0]
+
+
 def has_sufficient_balance(conn: psycopg.Connection, org_id: UUID, amount: Decimal) -> bool:
     """Tell whether the org's balance covers `amount`."""
     row = conn.execute("SELECT has_sufficient_balance(%s, %s)", (org_id, amount)).fetchone()

@@ -94,6 +94,28 @@ class TransactionsQuery(OrgQuery):
     type = fields.String(validate=validate.OneOf(TRANSACTION_TYPES))
 
 
+class DeductRequest(Schema):
+    """One SMS charge by the SMS sender."""
+
+    org_id = fields.UUID(data_key="orgId", required=True)
+    sms_count = fields.Integer(data_key="smsCount", required=True, strict=True,
+                               validate=validate.Range(min=1, max=1_000_000))
+    cost_per_sms = Money(data_key="costPerSms", metadata={
+        "description": "Default: the org's price, else BILLING_DEFAULT_SMS_PRICE."})
+    message_id = _text(255, data_key="messageId", required=True, metadata={
+        "description": "Charged once: a repeat returns the original charge."})
+    campaign_id = _text(255, data_key="campaignId")
+    description = _text(1000)
+
+
+class DeductResponse(Schema):
+    """The charge written (or the earlier one a repeated messageId found)."""
+
+    transaction_id = fields.UUID(data_key="transactionId", required=True)
+    balance = MoneyOut(required=True)
+    formatted = fields.String(required=True)
+
+
 class Transaction(Schema):
     """One ledger row, with the seed's field names."""
 
