@@ -55,10 +55,17 @@ class OrgQuery(Schema):
     org_id = fields.UUID(data_key="orgId", metadata={"description": "Admin and service only."})
 
 
+class BalanceQuery(OrgQuery):
+    """Which org to read, and optionally an amount to check the balance against."""
+
+    required = Money(metadata={"description": "Answer whether the balance covers this amount."})
+
+
 class BalanceResponse(Schema):
     """An org's balance."""
 
     balance = MoneyOut(required=True)
+    sufficient = fields.Boolean(metadata={"description": "Only when `required` was given."})
     formatted = fields.String(required=True, metadata={"example": "$52.88"})
     currency = fields.String(required=True, metadata={"example": "usd"})
 

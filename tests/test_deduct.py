@@ -154,3 +154,30 @@ def test_same_message_sent_concurrently_over_http_charges_once(
     assert {status for status, _ in results} == {201}
     assert len({tx for _, tx in results}) == 1
     assert _balance(app.test_client(), auth, org) == Decimal("4.75")
+
+
+@pytest.mark.parametrize("required,sufficient", [("12.50", True), ("12.5001", False),
+                                                 ("0.0001", True)])
+def test_balance_answers_whether_it_covers_an_amount(client: FlaskClient, auth: TokenFactory,
+                                                     credit, org: uuid.UUID, required: str,
+                                                     sufficient: bool) -> None:
+    credit(org, "12.50")
+    body = client.get(f"/api/billing/balance?orgId={org}&required={required}",
+                      headers=auth("service")).get_json()
+    assert body["sufficient"] is sufficient
+    assert body["balance"] == Decimal("12.50")
+
+
+@pytest.mark.parametrize("required", ["0", "-1", "NaN", "abc", "0.00001"])
+def test_invalid_required_amount_is_400(client: FlaskClient, auth: TokenFactory,
+                                        org: uuid.UUID, required: str) -> None:
+    response = client.get(f"/api/billing/balance?orgId={org}&required={required}",
+                          headers=auth("service"))
+    assert response.status_code == 400
+    assert "required" in response.get_json()["error"]["fields"]
+
+
+def test_plain_balance_has_no_sufficient_field(client: FlaskClient, auth: TokenFactory,
+                                               org: uuid.UUID) -> None:
+    body = client.get(f"/api/billing/balance?orgId={org}", headers=auth("service")).get_json()
+    assert "sufficient" not in body

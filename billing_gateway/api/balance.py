@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from flask import current_app
@@ -10,7 +11,7 @@ from billing_gateway import ledger, money
 from billing_gateway.api import blueprint
 from billing_gateway.auth import ADMIN, MEMBER, SERVICE, current_caller, require_role, resolve_org
 from billing_gateway.db import get_db, tenant_transaction
-from billing_gateway.schemas import BalanceResponse, OrgQuery
+from billing_gateway.schemas import BalanceQuery, BalanceResponse
 
 blp = blueprint("balance", "An organization's prepaid SMS credit balance.")
 
@@ -26,12 +27,18 @@ def balance_payload(balance: Any, currency: str) -> dict[str, Any]:
 
 @blp.route("/balance", methods=["GET"])
 @require_role(MEMBER, ADMIN, SERVICE)
-@blp.arguments(OrgQuery, location="query", as_kwargs=True)
+@blp.arguments(BalanceQuery, location="query", as_kwargs=True)
 @blp.response(200, BalanceResponse)
-def get_balance(org_id: Any = None) -> dict[str, Any]:
-    """Show the balance of the caller's org (admin and service: any org by orgId)."""
+def get_balance(org_id: Any = None, required: Decimal | None = None) -> dict[str, Any]:
+    """Show the balance of the caller's org (admin and service: any org by orgId).
+
+    With `required`, also say whether the balance covers it (the seed's has_sufficient_balance).
+    """
     caller = current_caller()
     org = resolve_org(caller, org_id)
     with tenant_transaction(get_db(), org, caller.subject) as conn:
         balance = ledger.get_balance(conn, org)
-    return balance_payload(balance, current_app.config["BILLING_SETTINGS"].currency)
+    payload = balance_payload(balance, current_app.config["BILLING_SETTINGS"].currency)
+    if required is not None:
+        payload["sufficient"] = balance >= required
+    return payload
