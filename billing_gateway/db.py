@@ -84,7 +84,9 @@ def _return_connection(_exc: BaseException | None) -> None:
         get_pool().putconn(conn)
 
 
-def init_app(app: Flask, dsn: str, *, min_size: int, max_size: int) -> None:
+def init_app(app: Flask, dsn: str, *, min_size: int, max_size: int, timeout: float) -> None:
     """Attach a (closed) pool to the app and return connections at request teardown."""
-    app.extensions["billing_pool"] = make_pool(dsn, min_size=min_size, max_size=max_size)
+    app.extensions["billing_pool"] = make_pool(
+        dsn, min_size=min_size, max_size=max_size, timeout=timeout
+    )
     app.teardown_appcontext(_return_connection)

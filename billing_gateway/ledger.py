@@ -157,14 +157,14 @@ def history(
     type: str | None = None,
 ) -> HistoryPage:
     """Return a page of the org's transactions, newest first, with the exact total."""
+    key = (org_id,) if type is None else (org_id, type)
+    row = conn.execute(_TOTAL_ALL if type is None else _TOTAL_OF_TYPE, key).fetchone()
+    total = row[0] if row else 0
+    upper = total - offset
+    if upper < 1:
+        return HistoryPage(transactions=[], total=total)
+    bounds = (max(1, upper - limit + 1), upper)
     with conn.cursor(row_factory=dict_row) as cur:
-        key = (org_id,) if type is None else (org_id, type)
-        row = cur.execute(_TOTAL_ALL if type is None else _TOTAL_OF_TYPE, key).fetchone()
-        total = int(next(iter(row.values()))) if row else 0
-        upper = total - offset
-        if upper < 1:
-            return HistoryPage(transactions=[], total=total)
-        bounds = (max(1, upper - limit + 1), upper)
-        page = _PAGE_ALL if type is None else _PAGE_OF_TYPE
-        transactions = cur.execute(page, (*key, *bounds)).fetchall()
+        transactions = cur.execute(_PAGE_ALL if type is None else _PAGE_OF_TYPE,
+                                   (*key, *bounds)).fetchall()
     return HistoryPage(transactions=transactions, total=total)

@@ -84,13 +84,22 @@ class AddFundsRequest(Schema):
     type = fields.String(load_default="purchase", validate=validate.OneOf(CREDIT_TYPES))
 
 
-class AddFundsResponse(Schema):
-    """The credit written (or the earlier one a retry found)."""
+class LedgerWriteResponse(Schema):
+    """The ledger row a write produced (or the earlier one a retry found), and the balance."""
 
-    message = fields.String(required=True)
     transaction_id = fields.UUID(data_key="transactionId", required=True)
     balance = MoneyOut(required=True)
     formatted = fields.String(required=True)
+
+
+class AddFundsResponse(LedgerWriteResponse):
+    """The credit written (or the earlier one a retry found)."""
+
+    message = fields.String(required=True)
+
+    class Meta:
+        # The seed's order: message first.
+        fields = ("message", "transaction_id", "balance", "formatted")
 
 
 class TransactionsQuery(OrgQuery):
@@ -115,12 +124,8 @@ class DeductRequest(Schema):
     description = _text(1000)
 
 
-class DeductResponse(Schema):
+class DeductResponse(LedgerWriteResponse):
     """The charge written (or the earlier one a repeated messageId found)."""
-
-    transaction_id = fields.UUID(data_key="transactionId", required=True)
-    balance = MoneyOut(required=True)
-    formatted = fields.String(required=True)
 
 
 class Transaction(Schema):

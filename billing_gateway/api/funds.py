@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, current_app
+from flask import Response
 
-from billing_gateway import ledger, money
+from billing_gateway import ledger
 from billing_gateway.api import blueprint
 from billing_gateway.api.ledger_write import ledger_write
 from billing_gateway.auth import ADMIN, current_caller, require_role, resolve_org
 from billing_gateway.schemas import AddFundsRequest, AddFundsResponse
 
 blp = blueprint("funds", "Manual credits, bonuses and adjustments by platform admins.")
+_RESPONSE = AddFundsResponse()
 
 
 @blp.route("/add-funds", methods=["POST"])
@@ -34,11 +35,4 @@ def add_funds(args: dict[str, Any]) -> Response:
             description=args.get("description"),
             created_by=caller.subject,
         )
-        currency = current_app.config["BILLING_SETTINGS"].currency
-        payload = AddFundsResponse().dump({
-            "message": "Credits added successfully",
-            "transaction_id": result.transaction_id,
-            "balance": result.balance,
-            "formatted": money.format_display(result.balance, currency),
-        })
-        return write.respond(201, payload, result.transaction_id)
+        return write.created(result, _RESPONSE, message="Credits added successfully")

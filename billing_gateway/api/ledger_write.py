@@ -9,12 +9,14 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from flask import Response, request
+from flask import Response, current_app, request
+from marshmallow import Schema
 
-from billing_gateway import idempotency, json_codec
+from billing_gateway import idempotency, json_codec, money
 from billing_gateway.auth import current_caller
 from billing_gateway.db import get_db, tenant_transaction
 from billing_gateway.errors import ValidationFailed
+from billing_gateway.ledger import LedgerResult
 
 MAX_KEY_LENGTH = 255
 
@@ -39,6 +41,17 @@ class LedgerWrite:
                 idempotency.StoredResponse(status, body), transaction_id,
             )
         return Response(body, status=status, mimetype="application/json")
+
+    def created(self, result: LedgerResult, schema: Schema, **extra: Any) -> Response:
+        """Answer 201 with the row written and the balance after it (plus `extra` fields)."""
+        currency = current_app.config["BILLING_SETTINGS"].currency
+        payload = schema.dump({
+            "transaction_id": result.transaction_id,
+            "balance": result.balance,
+            "formatted": money.format_display(result.balance, currency),
+            **extra,
+        })
+        return self.respond(201, payload, result.transaction_id)
 
 
 def _idempotency_key() -> str | None:

@@ -15,6 +15,7 @@ from billing_gateway.errors import InsufficientFunds, ValidationFailed
 from billing_gateway.schemas import DeductRequest, DeductResponse
 
 blp = blueprint("usage", "SMS usage charged to an organization's balance.")
+_RESPONSE = DeductResponse()
 
 
 def sms_cost(sms_count: int, price: Decimal) -> Decimal:
@@ -33,13 +34,13 @@ def sms_cost(sms_count: int, price: Decimal) -> Decimal:
 @blp.alt_response(402, description="The balance does not cover the charge; nothing is charged.")
 def deduct(args: dict[str, Any]) -> Response:
     """Charge smsCount x costPerSms once per messageId; never below zero."""
-    settings = current_app.config["BILLING_SETTINGS"]
+    default_price = current_app.config["BILLING_SETTINGS"].default_sms_price
     org = args["org_id"]
     with ledger_write(org) as write:
         if write.replay is not None:
             return write.replay
         price = (args.get("cost_per_sms") or ledger.get_sms_price(write.conn, org)
-                 or settings.default_sms_price)
+                 or default_price)
         cost = sms_cost(args["sms_count"], price)
         result = ledger.debit(
             write.conn, org, cost,
@@ -53,9 +54,4 @@ def deduct(args: dict[str, Any]) -> Response:
             raise InsufficientFunds(
                 f"Balance {money.format_number(result.balance)} does not cover "
                 f"the charge of {money.format_number(cost)}")
-        payload = DeductResponse().dump({
-            "transaction_id": result.transaction_id,
-            "balance": result.balance,
-            "formatted": money.format_display(result.balance, settings.currency),
-        })
-        return write.respond(201, payload, result.transaction_id)
+        return write.created(result, _RESPONSE)
