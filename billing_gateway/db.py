@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from uuid import UUID
 
@@ -43,7 +43,7 @@ def make_pool(
 
 @contextmanager
 def tenant_transaction(
-    conn: psycopg.Connection, org_id: UUID, caller: str = ""
+    conn: psycopg.Connection, org_id: UUID | None, caller: str = ""
 ) -> Iterator[psycopg.Connection]:
     """Run a transaction scoped to one org (and caller) by transaction-local settings.
 
@@ -53,7 +53,22 @@ def tenant_transaction(
     with conn.transaction():
         conn.execute(
             "SELECT set_config('billing.org_id', %s, true), set_config('billing.caller', %s, true)",
-            (str(org_id), caller),
+            ("" if org_id is None else str(org_id), caller),
+        )
+        yield conn
+
+
+@contextmanager
+def tenant_set_transaction(
+    conn: psycopg.Connection, org_ids: Collection[UUID], caller: str = ""
+) -> Iterator[psycopg.Connection]:
+    """Run a transaction that may touch exactly these orgs (a bulk charge), and no other."""
+    orgs = "{" + ",".join(sorted(str(org) for org in org_ids)) + "}"
+    with conn.transaction():
+        conn.execute(
+            "SELECT set_config('billing.org_ids', %s, true),"
+            " set_config('billing.caller', %s, true)",
+            (orgs, caller),
         )
         yield conn
 

@@ -21,14 +21,14 @@ class StoredResponse:
     body: str
 
 
-def fingerprint(method: str, path: str, org_id: UUID, body: Any) -> str:
+def fingerprint(method: str, path: str, org_id: UUID | None, body: Any) -> str:
     """Hash what makes two requests "the same": method, path, org and the parsed body."""
     canonical = json_codec.dumps([method, path, str(org_id), body], sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def claim(
-    conn: psycopg.Connection, caller: str, key: str, org_id: UUID, request_fingerprint: str
+    conn: psycopg.Connection, caller: str, key: str, org_id: UUID | None, request_fingerprint: str
 ) -> StoredResponse | None:
     """Claim `key` for this request, or return the stored answer of the request that did.
 

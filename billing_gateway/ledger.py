@@ -12,6 +12,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from billing_gateway import json_codec
+from billing_gateway.charges import Charge
 from billing_gateway.errors import IdempotencyConflict
 
 TRANSACTION_TYPES = ("purchase", "sms_send", "refund", "adjustment", "bonus", "reversal")
@@ -59,6 +60,23 @@ def get_sms_price(conn: psycopg.Connection, org_id: UUID) -> Decimal | None:
     """Return the org's own SMS price, or None when the deployment default applies."""
     row = conn.execute("SELECT sms_price FROM organizations WHERE id = %s", (org_id,)).fetchone()
     return None if row is None else row[0]
+
+
+def get_account(conn: psycopg.Connection, org_id: UUID) -> tuple[Decimal, Decimal | None]:
+    """Return the org's balance and its own SMS price (zero and None for an org never seen)."""
+    row = conn.execute(
+        "SELECT sms_balance, sms_price FROM organizations WHERE id = %s", (org_id,)
+    ).fetchone()
+    return (Decimal(0), None) if row is None else (row[0], row[1])
+
+
+def set_sms_price(conn: psycopg.Connection, org_id: UUID, price: Decimal | None) -> None:
+    """Set the org's SMS price (None: back to the deployment default), creating the org."""
+    conn.execute("SELECT lock_organization(%s)", (org_id,))
+    conn.execute(
+        "UPDATE organizations SET sms_price = %s, updated_at = now() WHERE id = %s",
+        (price, org_id),
+    )
 
 
 def has_sufficient_balance(conn: psycopg.Connection, org_id: UUID, amount: Decimal) -> bool:
@@ -123,6 +141,66 @@ def debit(
         " FROM deduct_credits(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (org_id, amount, sms_count, cost_per_sms, message_id, campaign_id, description,
          created_by, _jsonb(metadata)),
+    ).fetchone()
+    assert row is not None
+    return LedgerResult(*row)
+
+
+@dataclass(frozen=True, slots=True)
+class BulkOutcome:
+    """What one item of a bulk charge did (outcome charged, duplicate, insufficient_funds
+    or too_large), with its transaction and the org's balance after it."""
+
+    transaction_id: UUID | None
+    balance: Decimal
+    outcome: str
+
+
+def charge_bulk(
+    conn: psycopg.Connection,
+    charges: list[Charge],
+    *,
+    default_price: Decimal,
+    created_by: str | None = None,
+) -> list[BulkOutcome]:
+    """Charge many messages across orgs in one statement; outcomes in the order given.
+
+    The orgs must be in the transaction's tenant set (db.tenant_set_transaction).
+    """
+    if not charges:
+        return []
+    rows = conn.execute(
+        "SELECT transaction_id, balance, outcome"
+        " FROM deduct_credits_bulk(%s::uuid[], %s::integer[], %s::numeric[], %s,"
+        " %s::text[], %s::text[], %s::text[], %s)",
+        (
+            [c.org_id for c in charges],
+            [c.sms_count for c in charges],
+            [c.cost_per_sms for c in charges],
+            default_price,
+            [c.message_id for c in charges],
+            [c.campaign_id for c in charges],
+            [c.description or f"Sent {c.sms_count} SMS" for c in charges],
+            created_by,
+        ),
+    ).fetchall()
+    return [BulkOutcome(*row) for row in rows]
+
+
+def refund_usage(
+    conn: psycopg.Connection,
+    org_id: UUID,
+    message_id: str,
+    amount: Decimal | None = None,
+    *,
+    description: str | None = None,
+    created_by: str | None = None,
+) -> LedgerResult:
+    """Give back a message's charge once (outcomes credited, duplicate, not_charged,
+    exceeds_charge); `amount` defaults to the whole charge."""
+    row = conn.execute(
+        "SELECT transaction_id, balance, outcome FROM refund_usage(%s, %s, %s, %s, %s)",
+        (org_id, message_id, amount, description, created_by),
     ).fetchone()
     assert row is not None
     return LedgerResult(*row)

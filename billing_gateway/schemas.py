@@ -8,7 +8,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
 
-from billing_gateway import money
+from billing_gateway import charges, money
 from billing_gateway.ledger import CREDIT_TYPES, TRANSACTION_TYPES
 
 
@@ -68,6 +68,8 @@ class BalanceResponse(Schema):
     sufficient = fields.Boolean(metadata={"description": "Only when `required` was given."})
     formatted = fields.String(required=True, metadata={"example": "$52.88"})
     currency = fields.String(required=True, metadata={"example": "usd"})
+    sms_price = MoneyOut(data_key="smsPrice", required=True, metadata={
+        "description": "Price per SMS: the org's own, else BILLING_DEFAULT_SMS_PRICE."})
 
 
 class AddFundsRequest(Schema):
@@ -126,6 +128,88 @@ class DeductRequest(Schema):
 
 class DeductResponse(LedgerWriteResponse):
     """The charge written (or the earlier one a repeated messageId found)."""
+
+
+class BulkChargeItem(DeductRequest):
+    """One item of a bulk charge: the fields of POST /deduct."""
+
+
+class BulkChargeList(fields.List):
+    """The items of a bulk charge, each validated on its own (billing_gateway.charges).
+
+    A bad item becomes an `invalid` outcome instead of failing the request, so this field
+    does not run the nested schema; the nested schema is there for /openapi.json.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(fields.Nested(BulkChargeItem), **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, list):
+            raise ValidationError("Not a valid list.")
+        return [charges.parse_charge(item) for item in value]
+
+
+class BulkChargeRequest(Schema):
+    """Up to 1,000 charges, each for its own org and message."""
+
+    charges = BulkChargeList(
+        required=True, validate=validate.Length(min=1, max=charges.MAX_BULK_ITEMS))
+
+
+class BulkChargeResult(Schema):
+    """What one item did, in request order."""
+
+    index = fields.Integer(required=True, metadata={"description": "0-based item position."})
+    outcome = fields.String(required=True, validate=validate.OneOf(
+        ("charged", "duplicate", "insufficient_funds", "invalid")))
+    transaction_id = fields.UUID(data_key="transactionId", allow_none=True, metadata={
+        "description": "The charge (charged), or the original charge (duplicate)."})
+    balance = MoneyOut(allow_none=True, metadata={
+        "description": "The org's balance after this item (absent for invalid items)."})
+    reason = fields.String(metadata={"description": "Why the item is invalid."})
+    fields_ = fields.Dict(data_key="fields", metadata={"description": "Errors per field."})
+
+
+class BulkChargeSummary(Schema):
+    """How many items had each outcome."""
+
+    charged = fields.Integer(required=True)
+    duplicate = fields.Integer(required=True)
+    insufficient_funds = fields.Integer(data_key="insufficientFunds", required=True)
+    invalid = fields.Integer(required=True)
+
+
+class BulkChargeResponse(Schema):
+    """The outcome of every item, in request order."""
+
+    results = fields.List(fields.Nested(BulkChargeResult), required=True)
+    summary = fields.Nested(BulkChargeSummary, required=True)
+
+
+class UsageRefundRequest(Schema):
+    """Give back the charge of one message."""
+
+    org_id = fields.UUID(data_key="orgId", required=True)
+    message_id = _text(255, data_key="messageId", required=True)
+    amount = Money(metadata={"description": "Default: the whole charge; never more than it."})
+    description = _text(1000)
+
+
+class PricingRequest(Schema):
+    """An org's SMS price; null goes back to the deployment default."""
+
+    sms_price = Money(data_key="smsPrice", required=True, allow_none=True,
+                      metadata={"example": 0.0075})
+
+
+class PricingResponse(Schema):
+    """An org's SMS price and where it comes from."""
+
+    org_id = fields.UUID(data_key="orgId", required=True)
+    sms_price = MoneyOut(data_key="smsPrice", required=True, metadata={
+        "description": "The price charged per SMS when a charge names none."})
+    source = fields.String(required=True, validate=validate.OneOf(("org", "default")))
 
 
 class Transaction(Schema):

@@ -46,7 +46,7 @@ def test_json_numbers_stay_exact_end_to_end(client: FlaskClient, auth: TokenFact
     for amount in ("0.10", "0.20"):
         _post_raw(client, auth("admin"), f'{{"amount": {amount}, "orgId": "{org}"}}')
     raw = client.get("/api/billing/balance", headers=auth("member", org)).get_data(as_text=True)
-    assert raw == '{"balance":0.30,"formatted":"$0.30","currency":"usd"}'
+    assert raw == '{"balance":0.30,"formatted":"$0.30","currency":"usd","smsPrice":0.0075}'
 
 
 def test_admin_credits_own_org_from_token(client: FlaskClient, auth: TokenFactory,

@@ -138,7 +138,8 @@ def test_serve_on_embedded_database_survives_restart(tmp_path: Path) -> None:
     try:
         assert again.demo_org() == org
         balance = _call(f"{again.base}/api/billing/balance", again.token("MEMBER_TOKEN"))
-        assert balance == {"balance": Decimal("25.50"), "formatted": "$25.50", "currency": "usd"}
+        assert balance == {"balance": Decimal("25.50"), "formatted": "$25.50", "currency": "usd",
+                           "smsPrice": Decimal("0.0075")}
     finally:
         assert again.ctrl_c() == 0
     assert not _postgres_running(data_dir / "pgdata")

@@ -36,9 +36,11 @@ def get_balance(org_id: Any = None, required: Decimal | None = None) -> dict[str
     """
     caller = current_caller()
     org = resolve_org(caller, org_id)
+    settings = current_app.config["BILLING_SETTINGS"]
     with tenant_transaction(get_db(), org, caller.subject) as conn:
-        balance = ledger.get_balance(conn, org)
-    payload = balance_payload(balance, current_app.config["BILLING_SETTINGS"].currency)
+        balance, sms_price = ledger.get_account(conn, org)
+    payload = balance_payload(balance, settings.currency)
+    payload["sms_price"] = sms_price or settings.default_sms_price
     if required is not None:
         payload["sufficient"] = balance >= required
     return payload

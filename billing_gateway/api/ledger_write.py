@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +14,7 @@ from marshmallow import Schema
 
 from billing_gateway import idempotency, json_codec, money
 from billing_gateway.auth import current_caller
-from billing_gateway.db import get_db, tenant_transaction
+from billing_gateway.db import get_db, tenant_set_transaction, tenant_transaction
 from billing_gateway.errors import ValidationFailed
 from billing_gateway.ledger import LedgerResult
 
@@ -67,15 +67,20 @@ def _idempotency_key() -> str | None:
 
 
 @contextmanager
-def ledger_write(org_id: UUID) -> Iterator[LedgerWrite]:
+def ledger_write(
+    org_id: UUID | None, *, org_ids: Collection[UUID] | None = None
+) -> Iterator[LedgerWrite]:
     """Open the org's transaction; with an Idempotency-Key, claim it or load its answer.
 
+    A bulk write names the set of orgs it may touch (org_ids) instead of one org.
     Claim, ledger effect and stored answer commit together or not at all: a failed
     request leaves the key free for its retry.
     """
     caller = current_caller().subject
     key = _idempotency_key()
-    with tenant_transaction(get_db(), org_id, caller) as conn:
+    scope = (tenant_transaction(get_db(), org_id, caller) if org_ids is None
+             else tenant_set_transaction(get_db(), org_ids, caller))
+    with scope as conn:
         write = LedgerWrite(conn=conn, caller=caller, key=key)
         if key is not None:
             body = request.get_json(silent=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from decimal import Decimal
 from typing import Any
 
@@ -10,12 +11,21 @@ from flask import Response, current_app
 from billing_gateway import ledger, money
 from billing_gateway.api import blueprint
 from billing_gateway.api.ledger_write import ledger_write
-from billing_gateway.auth import SERVICE, current_caller, require_role
-from billing_gateway.errors import InsufficientFunds, ValidationFailed
-from billing_gateway.schemas import DeductRequest, DeductResponse
+from billing_gateway.auth import ADMIN, SERVICE, current_caller, require_role
+from billing_gateway.charges import Charge, InvalidCharge
+from billing_gateway.errors import InsufficientFunds, NotFound, ValidationFailed
+from billing_gateway.schemas import (
+    BulkChargeRequest,
+    BulkChargeResponse,
+    DeductRequest,
+    DeductResponse,
+    LedgerWriteResponse,
+    UsageRefundRequest,
+)
 
 blp = blueprint("usage", "SMS usage charged to an organization's balance.")
 _RESPONSE = DeductResponse()
+_REFUND_RESPONSE = LedgerWriteResponse()
 
 
 def sms_cost(sms_count: int, price: Decimal) -> Decimal:
@@ -55,3 +65,80 @@ def deduct(args: dict[str, Any]) -> Response:
                 f"Balance {money.format_number(result.balance)} does not cover "
                 f"the charge of {money.format_number(cost)}")
         return write.created(result, _RESPONSE)
+
+
+def _bulk_result(index: int, item: Charge | InvalidCharge,
+                 outcome: ledger.BulkOutcome | None) -> dict[str, Any]:
+    if isinstance(item, InvalidCharge):
+        return {"index": index, "outcome": "invalid", "transactionId": None,
+                "reason": item.reason, "fields": item.fields}
+    assert outcome is not None
+    if outcome.outcome == "too_large":
+        return {"index": index, "outcome": "invalid", "transactionId": None,
+                "balance": money.to_number(outcome.balance),
+                "reason": "smsCount x costPerSms is too large.",
+                "fields": {"smsCount": ["smsCount x costPerSms is too large."]}}
+    return {"index": index, "outcome": outcome.outcome,
+            "transactionId": outcome.transaction_id,
+            "balance": money.to_number(outcome.balance)}
+
+
+@blp.route("/deduct/bulk", methods=["POST"])
+@require_role(SERVICE)
+@blp.arguments(BulkChargeRequest)
+@blp.response(200, BulkChargeResponse)
+def deduct_bulk(args: dict[str, Any]) -> Response:
+    """Charge up to 1,000 messages, each for its own org, each applied or refused on its own.
+
+    Items of one org apply in request order. A repeated messageId (earlier, or within the
+    batch) is `duplicate` with the original charge; an invalid item fails only itself.
+    """
+    items: list[Charge | InvalidCharge] = args["charges"]
+    valid = [item for item in items if isinstance(item, Charge)]
+    with ledger_write(None, org_ids={charge.org_id for charge in valid}) as write:
+        if write.replay is not None:
+            return write.replay
+        outcomes = iter(ledger.charge_bulk(
+            write.conn, valid,
+            default_price=current_app.config["BILLING_SETTINGS"].default_sms_price,
+            created_by=current_caller().subject,
+        ))
+        results = [
+            _bulk_result(index, item, None if isinstance(item, InvalidCharge) else next(outcomes))
+            for index, item in enumerate(items)
+        ]
+        summary = Counter(result["outcome"] for result in results)
+        return write.respond(200, {
+            "results": results,
+            "summary": {"charged": summary["charged"], "duplicate": summary["duplicate"],
+                        "insufficientFunds": summary["insufficient_funds"],
+                        "invalid": summary["invalid"]},
+        })
+
+
+@blp.route("/usage/refund", methods=["POST"])
+@require_role(SERVICE, ADMIN)
+@blp.arguments(UsageRefundRequest)
+@blp.response(201, LedgerWriteResponse)
+@blp.alt_response(404, description="No charge for this messageId in this org.")
+def refund_usage(args: dict[str, Any]) -> Response:
+    """Give back the charge of a message (an undelivered SMS): once, never more than charged.
+
+    A repeat returns the first refund and gives back nothing more.
+    """
+    org = args["org_id"]
+    with ledger_write(org) as write:
+        if write.replay is not None:
+            return write.replay
+        result = ledger.refund_usage(
+            write.conn, org, args["message_id"], args.get("amount"),
+            description=args.get("description") or f"Refund of message {args['message_id']}",
+            created_by=current_caller().subject,
+        )
+        if result.outcome == "not_charged":
+            raise NotFound(f"No charge for message {args['message_id']} in this organization")
+        if result.outcome == "exceeds_charge":
+            raise ValidationFailed(
+                "The refund is larger than the charge",
+                fields={"amount": ["Must not exceed the amount charged for this message."]})
+        return write.created(result, _REFUND_RESPONSE)
