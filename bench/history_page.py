@@ -12,23 +12,19 @@ Without DATABASE_URL it uses a throwaway embedded PostgreSQL.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from billing_gateway import create_app, embedded
+from bench.scratch import bench_settings, percentile, scratch_database
+from billing_gateway import create_app
 from billing_gateway.auth import issue_token
-from billing_gateway.config import Settings
 from billing_gateway.invariants import find_violations
-from billing_gateway.migrations import migrate
 
 SEED = """
 WITH s AS (
@@ -67,12 +63,6 @@ def seed(conn: psycopg.Connection, org: uuid.UUID, n: int) -> None:
     conn.execute("VACUUM ANALYZE billing_transactions")
 
 
-def percentile(samples: list[float], q: float) -> float:
-    """Return the q-th percentile (0..100) of samples, nearest rank."""
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
 def main() -> int:
     """Seed, time, print."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -80,17 +70,7 @@ def main() -> int:
     parser.add_argument("--pages", type=int, default=200, help="requests per page kind")
     args = parser.parse_args()
 
-    server_dsn = os.environ.get("DATABASE_URL")
-    server = None
-    if not server_dsn:
-        server = embedded.start_server(Path(tempfile.mkdtemp()) / "pgdata", cleanup_mode="delete")
-        server_dsn = server.get_uri()
-    name = f"billing_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server_dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    dsn = psycopg.conninfo.make_conninfo(server_dsn, dbname=name)
-    try:
-        migrate(dsn)
+    with scratch_database() as dsn:
         org = uuid.uuid4()
         n = args.transactions
         started = time.perf_counter()
@@ -101,8 +81,7 @@ def main() -> int:
             assert not problems, problems
             version = owner.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
 
-        settings = Settings(database_url=dsn, environment="test", jwt_secret="b" * 40,
-                            data_dir=Path(tempfile.mkdtemp()))
+        settings = bench_settings(dsn)
         app = create_app(settings)
         client = app.test_client()
         headers = {"Authorization": "Bearer " + issue_token(settings, org_id=org, role="member",
@@ -141,11 +120,6 @@ def main() -> int:
                 times.append((time.perf_counter() - t0) * 1000)
         print(f"{'seed design, COUNT(*)+OFFSET ' + str(n // 2):<32}{percentile(times, 50):>9.2f}"
               f"{percentile(times, 99):>9.2f}   (SQL only, for reference)")
-    finally:
-        with psycopg.connect(server_dsn, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-        if server is not None:
-            server.cleanup()
     return 0
 
 

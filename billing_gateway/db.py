@@ -63,10 +63,11 @@ def tenant_set_transaction(
     conn: psycopg.Connection, org_ids: Collection[UUID], caller: str = ""
 ) -> Iterator[psycopg.Connection]:
     """Run a transaction that may touch exactly these orgs (a bulk charge), and no other."""
-    orgs = "{" + ",".join(sorted(str(org) for org in org_ids)) + "}"
+    # The JSON object sql/003 tests membership in: {"<org id>": 1, ...}.
+    orgs = "{" + ",".join(f'"{org}":1' for org in org_ids) + "}"
     with conn.transaction():
         conn.execute(
-            "SELECT set_config('billing.org_ids', %s, true),"
+            "SELECT set_config('billing.org_set', %s, true),"
             " set_config('billing.caller', %s, true)",
             (orgs, caller),
         )

@@ -2,23 +2,27 @@
 -- refunds (an undelivered message's charge given back, once).
 
 -- The set of orgs one bulk request may touch, as a transaction-local setting like
--- billing.org_id ('{uuid,uuid,...}'); unset or empty means none.
-CREATE FUNCTION billing_current_orgs() RETURNS uuid[]
+-- billing.org_id: a JSON object whose keys are the org ids ('{"<uuid>": 1, ...}'); unset
+-- or empty means none. An object, not a uuid[], because "is this org in the set" is then a
+-- binary search over its sorted keys (jsonb ?) instead of a scan of up to 1,000 ids for
+-- every row a bulk charge reads or writes (measured: 38 ms -> 28 ms per 1,000 charges
+-- over 1,000 orgs; 27 ms with no RLS at all).
+CREATE FUNCTION billing_current_org_set() RETURNS jsonb
     LANGUAGE sql STABLE PARALLEL SAFE
-    AS $$ SELECT NULLIF(current_setting('billing.org_ids', true), '')::uuid[] $$;
+    AS $$ SELECT NULLIF(current_setting('billing.org_set', true), '')::jsonb $$;
 
 -- Permissive policies are OR-ed with the single-tenant ones of 001. The sub-select makes
 -- PostgreSQL evaluate the setting once per statement (an InitPlan), not once per row.
 -- https://www.postgresql.org/docs/current/sql-createpolicy.html
 CREATE POLICY organizations_tenant_set ON organizations
-    USING (id = ANY ((SELECT billing_current_orgs())::uuid[]))
-    WITH CHECK (id = ANY ((SELECT billing_current_orgs())::uuid[]));
+    USING ((SELECT billing_current_org_set()) ? id::text)
+    WITH CHECK ((SELECT billing_current_org_set()) ? id::text);
 CREATE POLICY billing_transactions_tenant_set ON billing_transactions
-    USING (org_id = ANY ((SELECT billing_current_orgs())::uuid[]))
-    WITH CHECK (org_id = ANY ((SELECT billing_current_orgs())::uuid[]));
+    USING ((SELECT billing_current_org_set()) ? org_id::text)
+    WITH CHECK ((SELECT billing_current_org_set()) ? org_id::text);
 CREATE POLICY billing_transaction_counts_tenant_set ON billing_transaction_counts
-    USING (org_id = ANY ((SELECT billing_current_orgs())::uuid[]))
-    WITH CHECK (org_id = ANY ((SELECT billing_current_orgs())::uuid[]));
+    USING ((SELECT billing_current_org_set()) ? org_id::text)
+    WITH CHECK ((SELECT billing_current_org_set()) ? org_id::text);
 
 -- A bulk request spans orgs, so its idempotency record belongs to no single org: the key
 -- then carries no org, and only a request without a tenant may write such a record.
@@ -34,6 +38,94 @@ CREATE UNIQUE INDEX idx_billing_transactions_message_refund
     ON billing_transactions (org_id, message_id)
     WHERE type = 'refund' AND message_id IS NOT NULL;
 
+-- The id of the ledger row of a message's charge (type sms_send) or usage refund (type
+-- refund) is derived from (type, org, message), so "was this message charged?" is a
+-- primary-key lookup. Looking it up by (org_id, message_id) left the choice of index to
+-- the planner, and with statistics older than a fast-growing org it chose
+-- (org_id, type, type_seq) and read every earlier charge of the org for each message
+-- (measured: a 1,000-charge batch taking 30, 120, 200 ... 450 ms as the org grew, until
+-- autovacuum analyzed the table). The unique indexes on (org_id, message_id) stay as the
+-- last guard. md5 is not used for secrecy here, only as a 128-bit hash into uuid space.
+CREATE FUNCTION message_transaction_id(p_type text, p_org_id uuid, p_message_id text)
+    RETURNS uuid
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT
+    AS $$ SELECT md5(p_type || '/' || p_org_id::text || '/' || p_message_id)::uuid $$;
+
+-- append_ledger_row with the new row's id given (001's version draws a random one).
+CREATE FUNCTION append_ledger_row(
+    p_id uuid, p_org organizations, p_type text, p_amount numeric,
+    p_sms_count integer, p_cost_per_sms numeric, p_payment_method text,
+    p_payment_intent_id text, p_message_id text, p_campaign_id text,
+    p_description text, p_metadata jsonb, p_created_by text
+) RETURNS ledger_result
+    LANGUAGE plpgsql AS $$
+DECLARE
+    v_after numeric := p_org.sms_balance + p_amount;
+    v_type_seq bigint;
+BEGIN
+    UPDATE organizations
+       SET sms_balance = v_after, transaction_count = transaction_count + 1, updated_at = now()
+     WHERE id = p_org.id;
+    INSERT INTO billing_transaction_counts AS c (org_id, type, n) VALUES (p_org.id, p_type, 1)
+        ON CONFLICT (org_id, type) DO UPDATE SET n = c.n + 1
+        RETURNING c.n INTO v_type_seq;
+    INSERT INTO billing_transactions (
+        id, org_id, seq, type_seq, type, amount, balance_before, balance_after, sms_count,
+        cost_per_sms, payment_method, payment_intent_id, message_id, campaign_id,
+        description, metadata, created_by)
+    VALUES (
+        p_id, p_org.id, p_org.transaction_count + 1, v_type_seq, p_type, p_amount,
+        p_org.sms_balance, v_after, p_sms_count, p_cost_per_sms, p_payment_method,
+        p_payment_intent_id, p_message_id, p_campaign_id, p_description, p_metadata,
+        p_created_by);
+    RETURN (p_id, v_after, CASE WHEN p_amount > 0 THEN 'credited' ELSE 'debited' END);
+END
+$$;
+
+-- 001's version, now a thin wrapper: one body for every ledger append.
+CREATE OR REPLACE FUNCTION append_ledger_row(
+    p_org organizations, p_type text, p_amount numeric,
+    p_sms_count integer, p_cost_per_sms numeric, p_payment_method text,
+    p_payment_intent_id text, p_message_id text, p_campaign_id text,
+    p_description text, p_metadata jsonb, p_created_by text
+) RETURNS ledger_result
+    LANGUAGE sql AS $$
+    SELECT append_ledger_row(gen_random_uuid(), p_org, p_type, p_amount, p_sms_count,
+                             p_cost_per_sms, p_payment_method, p_payment_intent_id,
+                             p_message_id, p_campaign_id, p_description, p_metadata,
+                             p_created_by)
+$$;
+
+-- 001's single charge, now keyed on the derived id like bulk charges.
+CREATE OR REPLACE FUNCTION deduct_credits(
+    p_org_id uuid, p_amount numeric, p_sms_count integer DEFAULT NULL,
+    p_cost_per_sms numeric DEFAULT NULL, p_message_id text DEFAULT NULL,
+    p_campaign_id text DEFAULT NULL, p_description text DEFAULT NULL,
+    p_created_by text DEFAULT NULL, p_metadata jsonb DEFAULT NULL
+) RETURNS ledger_result
+    LANGUAGE plpgsql AS $$
+DECLARE
+    v_org organizations;
+    v_id uuid := message_transaction_id('sms_send', p_org_id, p_message_id);
+    v_prior billing_transactions;
+BEGIN
+    PERFORM require_amount(p_amount, 'debit');
+    v_org := lock_organization(p_org_id);
+    IF v_id IS NOT NULL THEN
+        SELECT * INTO v_prior FROM billing_transactions WHERE id = v_id;
+        IF FOUND THEN
+            RETURN (v_prior.id, v_prior.balance_after, 'duplicate'::text);
+        END IF;
+    END IF;
+    IF v_org.sms_balance < p_amount THEN
+        RETURN (NULL::uuid, v_org.sms_balance, 'insufficient_funds'::text);
+    END IF;
+    RETURN append_ledger_row(coalesce(v_id, gen_random_uuid()), v_org, 'sms_send', -p_amount,
+                             p_sms_count, p_cost_per_sms, NULL, NULL, p_message_id,
+                             p_campaign_id, p_description, p_metadata, p_created_by);
+END
+$$;
+
 -- What one item of a bulk charge did. item is its 1-based position in the request.
 CREATE TYPE bulk_charge_result AS (
     item integer, transaction_id uuid, balance numeric, outcome text
@@ -44,9 +136,13 @@ CREATE TYPE bulk_charge_result AS (
 -- on its own: charged when the running balance covers it, else insufficient_funds (a later,
 -- smaller item may still fit, as with single charges); a message already charged (before,
 -- or earlier in this batch) is a duplicate that answers the original charge; a cost above
--- 1,000,000,000 is too_large. The writes are set-based: one INSERT for every ledger row,
--- one UPDATE for every org, one upsert for every per-type counter; only the decision
--- (which needs each org's running balance) walks the items, in memory.
+-- 1,000,000,000 is too_large.
+--
+-- Set-based: one query reads every item's org, price and earlier charge, and computes each
+-- org's running total with a window. When every org covers its items (the usual case) that
+-- is the whole decision; otherwise a loop over the items, in memory, decides with each org's
+-- running balance. Then one INSERT writes every ledger row, one UPDATE every org, one
+-- upsert every per-type counter.
 CREATE FUNCTION deduct_credits_bulk(
     p_org_ids uuid[], p_sms_counts integer[], p_costs numeric[], p_default_price numeric,
     p_message_ids text[], p_campaign_ids text[], p_descriptions text[], p_created_by text
@@ -54,31 +150,21 @@ CREATE FUNCTION deduct_credits_bulk(
     LANGUAGE plpgsql AS $$
 DECLARE
     n integer := cardinality(p_org_ids);
-    r record;
-    v_org uuid;
-    v_balance numeric;
-    v_seq bigint;
-    v_type_seq bigint;
-    v_id uuid;
+    v_fits boolean;
+    -- every item, in (org, position) order
+    d_pos integer[]; d_org uuid[]; d_price numeric[]; d_amount numeric[];
+    d_prior uuid[]; d_prior_balance numeric[]; d_first integer[]; d_candidate boolean[];
+    d_balance numeric[]; d_count bigint[]; d_type_count bigint[];
+    d_spent numeric[]; d_k bigint[];
     -- the ledger rows to write
-    w_id uuid[] := '{}';
-    w_pos integer[] := '{}';
-    w_amount numeric[] := '{}';
-    w_price numeric[] := '{}';
-    w_before numeric[] := '{}';
-    w_seq bigint[] := '{}';
-    w_type_seq bigint[] := '{}';
-    -- each org's state after the batch
-    o_id uuid[] := '{}';
-    o_balance numeric[] := '{}';
-    o_seq bigint[] := '{}';
-    o_type_seq bigint[] := '{}';
-    -- every item's answer
-    a_pos integer[] := '{}';
-    a_id uuid[] := '{}';
-    a_balance numeric[] := '{}';
-    a_outcome text[] := '{}';
-    a_first integer[] := '{}';  -- for a repeat within the batch: its first occurrence
+    w_id uuid[] := '{}'; w_pos integer[] := '{}'; w_org uuid[] := '{}';
+    w_amount numeric[] := '{}'; w_price numeric[] := '{}'; w_before numeric[] := '{}';
+    w_seq bigint[] := '{}'; w_type_seq bigint[] := '{}';
+    -- every item's answer; a_first: for a repeat within the batch, its first occurrence
+    a_pos integer[] := '{}'; a_id uuid[] := '{}'; a_balance numeric[] := '{}';
+    a_outcome text[] := '{}'; a_first integer[] := '{}';
+    -- the loop's running state of one org
+    v_org uuid; v_balance numeric; v_seq bigint; v_type_seq bigint; v_id uuid;
 BEGIN
     IF cardinality(p_sms_counts) <> n OR cardinality(p_costs) <> n
        OR cardinality(p_message_ids) <> n OR cardinality(p_campaign_ids) <> n
@@ -103,15 +189,17 @@ BEGIN
         ON CONFLICT (id) DO NOTHING;
     PERFORM FROM organizations WHERE id = ANY (p_org_ids) ORDER BY id FOR UPDATE;
 
-    FOR r IN
-        WITH items AS (
-            SELECT i.org_id, i.sms_count, i.cost, i.message_id, i.pos::integer AS pos
-              FROM unnest(p_org_ids, p_sms_counts, p_costs, p_message_ids)
-                   WITH ORDINALITY AS i(org_id, sms_count, cost, message_id, pos)
-        ), firsts AS (
-            SELECT org_id, message_id, min(pos) AS first_pos
-              FROM items GROUP BY org_id, message_id
-        )
+    -- A candidate is an item that would be charged if its org's balance covers it: not
+    -- charged before, not a repeat within the batch, not too large.
+    WITH items AS (
+        SELECT i.org_id, i.sms_count, i.cost, i.message_id, i.pos::integer AS pos,
+               message_transaction_id('sms_send', i.org_id, i.message_id) AS charge_id
+          FROM unnest(p_org_ids, p_sms_counts, p_costs, p_message_ids)
+               WITH ORDINALITY AS i(org_id, sms_count, cost, message_id, pos)
+    ), firsts AS (
+        SELECT org_id, message_id, min(pos) AS first_pos FROM items
+         GROUP BY org_id, message_id
+    ), priced AS (
         SELECT i.org_id, i.pos, f.first_pos,
                coalesce(i.cost, o.sms_price, p_default_price) AS price,
                i.sms_count * coalesce(i.cost, o.sms_price, p_default_price) AS amount,
@@ -122,85 +210,135 @@ BEGIN
           JOIN organizations o ON o.id = i.org_id
           LEFT JOIN billing_transaction_counts c
                  ON c.org_id = i.org_id AND c.type = 'sms_send'
-          LEFT JOIN billing_transactions t
-                 ON t.org_id = i.org_id AND t.message_id = i.message_id
-                AND t.type = 'sms_send'
-         ORDER BY i.org_id, i.pos
-    LOOP
-        IF v_org IS DISTINCT FROM r.org_id THEN
-            IF v_org IS NOT NULL THEN
-                o_id := o_id || v_org;
-                o_balance := o_balance || v_balance;
-                o_seq := o_seq || v_seq;
-                o_type_seq := o_type_seq || v_type_seq;
+          -- A plain column, not the function call: under RLS only a leakproof join clause
+          -- (uuid = uuid) may become an index condition; md5() is not leakproof.
+          LEFT JOIN billing_transactions t ON t.id = i.charge_id
+    ), flagged AS (
+        SELECT p.*, (p.prior_id IS NULL AND p.pos = p.first_pos AND p.amount <= 1e9)
+                    AS candidate
+          FROM priced p
+    ), running AS (
+        SELECT f.*,
+               sum(CASE WHEN candidate THEN amount ELSE 0 END)
+                   OVER (PARTITION BY org_id ORDER BY pos) AS spent,
+               count(*) FILTER (WHERE candidate)
+                   OVER (PARTITION BY org_id ORDER BY pos) AS k
+          FROM flagged f
+    )
+    SELECT coalesce(bool_and(spent <= sms_balance) FILTER (WHERE candidate), true),
+           array_agg(pos ORDER BY org_id, pos), array_agg(org_id ORDER BY org_id, pos),
+           array_agg(price ORDER BY org_id, pos), array_agg(amount ORDER BY org_id, pos),
+           array_agg(prior_id ORDER BY org_id, pos),
+           array_agg(prior_balance ORDER BY org_id, pos),
+           array_agg(first_pos ORDER BY org_id, pos),
+           array_agg(candidate ORDER BY org_id, pos),
+           array_agg(sms_balance ORDER BY org_id, pos),
+           array_agg(transaction_count ORDER BY org_id, pos),
+           array_agg(type_count ORDER BY org_id, pos),
+           array_agg(spent ORDER BY org_id, pos), array_agg(k ORDER BY org_id, pos)
+      INTO v_fits, d_pos, d_org, d_price, d_amount, d_prior, d_prior_balance, d_first,
+           d_candidate, d_balance, d_count, d_type_count, d_spent, d_k
+      FROM running;
+
+    IF v_fits THEN
+        -- Every org covers all its items: the running totals are the answer.
+        SELECT coalesce(array_agg(x.new_id) FILTER (WHERE x.candidate), '{}'),
+               coalesce(array_agg(x.pos) FILTER (WHERE x.candidate), '{}'),
+               coalesce(array_agg(x.org) FILTER (WHERE x.candidate), '{}'),
+               coalesce(array_agg(x.amount) FILTER (WHERE x.candidate), '{}'),
+               coalesce(array_agg(x.price) FILTER (WHERE x.candidate), '{}'),
+               coalesce(array_agg(x.balance - x.spent + x.amount) FILTER (WHERE x.candidate),
+                        '{}'),
+               coalesce(array_agg(x.count + x.k) FILTER (WHERE x.candidate), '{}'),
+               coalesce(array_agg(x.type_count + x.k) FILTER (WHERE x.candidate), '{}'),
+               array_agg(x.pos),
+               array_agg(CASE WHEN x.candidate THEN x.new_id
+                              WHEN x.prior IS NOT NULL THEN x.prior END),
+               array_agg(CASE WHEN x.candidate THEN x.balance - x.spent
+                              WHEN x.prior IS NOT NULL THEN x.prior_balance
+                              WHEN x.pos = x.first THEN x.balance - x.spent END),
+               array_agg(CASE WHEN x.candidate THEN 'charged'
+                              WHEN x.prior IS NOT NULL THEN 'duplicate'
+                              WHEN x.pos <> x.first THEN 'repeat'
+                              ELSE 'too_large' END),
+               array_agg(CASE WHEN x.prior IS NULL AND x.pos <> x.first THEN x.first END)
+          INTO w_id, w_pos, w_org, w_amount, w_price, w_before, w_seq, w_type_seq,
+               a_pos, a_id, a_balance, a_outcome, a_first
+          FROM (SELECT u.*, CASE WHEN u.candidate
+                                 THEN message_transaction_id('sms_send', u.org,
+                                                             p_message_ids[u.pos]) END AS new_id
+                  FROM unnest(d_pos, d_org, d_price, d_amount, d_prior, d_prior_balance,
+                              d_first, d_candidate, d_balance, d_count, d_type_count,
+                              d_spent, d_k)
+                       AS u(pos, org, price, amount, prior, prior_balance, first, candidate,
+                            balance, count, type_count, spent, k)) x;
+    ELSE
+        -- Some org runs short: decide item by item with each org's running balance.
+        FOR i IN 1 .. coalesce(cardinality(d_pos), 0) LOOP
+            IF v_org IS DISTINCT FROM d_org[i] THEN
+                v_org := d_org[i];
+                v_balance := d_balance[i];
+                v_seq := d_count[i];
+                v_type_seq := d_type_count[i];
             END IF;
-            v_org := r.org_id;
-            v_balance := r.sms_balance;
-            v_seq := r.transaction_count;
-            v_type_seq := r.type_count;
-        END IF;
-        a_pos := a_pos || r.pos;
-        a_first := a_first || CASE WHEN r.pos <> r.first_pos AND r.prior_id IS NULL
-                                   THEN r.first_pos END;
-        IF r.prior_id IS NOT NULL THEN
-            a_id := a_id || r.prior_id;
-            a_balance := a_balance || r.prior_balance;
-            a_outcome := a_outcome || 'duplicate'::text;
-        ELSIF r.pos <> r.first_pos THEN
-            -- A repeat inside this batch: resolved against its first occurrence below.
-            a_id := a_id || NULL::uuid;
-            a_balance := a_balance || NULL::numeric;
-            a_outcome := a_outcome || 'repeat'::text;
-        ELSIF r.amount > 1e9 THEN
-            a_id := a_id || NULL::uuid;
-            a_balance := a_balance || v_balance;
-            a_outcome := a_outcome || 'too_large'::text;
-        ELSIF v_balance < r.amount THEN
-            a_id := a_id || NULL::uuid;
-            a_balance := a_balance || v_balance;
-            a_outcome := a_outcome || 'insufficient_funds'::text;
-        ELSE
-            v_id := gen_random_uuid();
-            v_seq := v_seq + 1;
-            v_type_seq := v_type_seq + 1;
-            w_id := w_id || v_id;
-            w_pos := w_pos || r.pos;
-            w_amount := w_amount || r.amount;
-            w_price := w_price || r.price;
-            w_before := w_before || v_balance;
-            w_seq := w_seq || v_seq;
-            w_type_seq := w_type_seq || v_type_seq;
-            v_balance := v_balance - r.amount;
-            a_id := a_id || v_id;
-            a_balance := a_balance || v_balance;
-            a_outcome := a_outcome || 'charged'::text;
-        END IF;
-    END LOOP;
-    IF v_org IS NOT NULL THEN
-        o_id := o_id || v_org;
-        o_balance := o_balance || v_balance;
-        o_seq := o_seq || v_seq;
-        o_type_seq := o_type_seq || v_type_seq;
+            a_pos := a_pos || d_pos[i];
+            a_first := a_first || CASE WHEN d_prior[i] IS NULL AND d_pos[i] <> d_first[i]
+                                       THEN d_first[i] END;
+            IF d_prior[i] IS NOT NULL THEN
+                a_id := a_id || d_prior[i];
+                a_balance := a_balance || d_prior_balance[i];
+                a_outcome := a_outcome || 'duplicate'::text;
+            ELSIF d_pos[i] <> d_first[i] THEN
+                a_id := a_id || NULL::uuid;
+                a_balance := a_balance || NULL::numeric;
+                a_outcome := a_outcome || 'repeat'::text;
+            ELSIF NOT d_candidate[i] OR v_balance < d_amount[i] THEN
+                a_id := a_id || NULL::uuid;
+                a_balance := a_balance || v_balance;
+                a_outcome := a_outcome || CASE WHEN d_candidate[i] THEN 'insufficient_funds'
+                                               ELSE 'too_large' END;
+            ELSE
+                v_id := message_transaction_id('sms_send', v_org, p_message_ids[d_pos[i]]);
+                v_seq := v_seq + 1;
+                v_type_seq := v_type_seq + 1;
+                w_id := w_id || v_id;
+                w_pos := w_pos || d_pos[i];
+                w_org := w_org || v_org;
+                w_amount := w_amount || d_amount[i];
+                w_price := w_price || d_price[i];
+                w_before := w_before || v_balance;
+                w_seq := w_seq || v_seq;
+                w_type_seq := w_type_seq || v_type_seq;
+                v_balance := v_balance - d_amount[i];
+                a_id := a_id || v_id;
+                a_balance := a_balance || v_balance;
+                a_outcome := a_outcome || 'charged'::text;
+            END IF;
+        END LOOP;
     END IF;
 
     IF cardinality(w_id) > 0 THEN
         INSERT INTO billing_transactions (
             id, org_id, seq, type_seq, type, amount, balance_before, balance_after,
             sms_count, cost_per_sms, message_id, campaign_id, description, created_by)
-        SELECT w.id, p_org_ids[w.pos], w.seq, w.type_seq, 'sms_send', -w.amount,
-               w.before, w.before - w.amount, p_sms_counts[w.pos], w.price,
-               p_message_ids[w.pos], p_campaign_ids[w.pos], p_descriptions[w.pos],
-               p_created_by
-          FROM unnest(w_id, w_pos, w_amount, w_price, w_before, w_seq, w_type_seq)
-               AS w(id, pos, amount, price, before, seq, type_seq);
+        SELECT w.id, w.org, w.seq, w.type_seq, 'sms_send', -w.amount, w.before,
+               w.before - w.amount, p_sms_counts[w.pos], w.price, p_message_ids[w.pos],
+               p_campaign_ids[w.pos], p_descriptions[w.pos], p_created_by
+          FROM unnest(w_id, w_pos, w_org, w_amount, w_price, w_before, w_seq, w_type_seq)
+               AS w(id, pos, org, amount, price, before, seq, type_seq);
+        -- Each org ends at its last row's balance and position.
         UPDATE organizations o
-           SET sms_balance = s.balance, transaction_count = s.seq, updated_at = now()
-          FROM unnest(o_id, o_balance, o_seq) AS s(id, balance, seq)
-         WHERE o.id = s.id AND o.transaction_count <> s.seq;
+           SET sms_balance = s.after, transaction_count = s.seq, updated_at = now()
+          FROM (SELECT DISTINCT ON (org) org, before - amount AS after, seq, type_seq
+                  FROM unnest(w_org, w_before, w_amount, w_seq, w_type_seq)
+                       AS w(org, before, amount, seq, type_seq)
+                 ORDER BY org, seq DESC) s
+         WHERE o.id = s.org;
         INSERT INTO billing_transaction_counts AS c (org_id, type, n)
-            SELECT s.id, 'sms_send', s.n FROM unnest(o_id, o_type_seq) AS s(id, n)
-             WHERE s.n > 0
-            ON CONFLICT (org_id, type) DO UPDATE SET n = excluded.n WHERE c.n <> excluded.n;
+            SELECT org, 'sms_send', max(type_seq)
+              FROM unnest(w_org, w_type_seq) AS w(org, type_seq)
+             GROUP BY org
+            ON CONFLICT (org_id, type) DO UPDATE SET n = excluded.n;
     END IF;
 
     -- A repeat answers as its first occurrence did: the same charge (as a duplicate), or
@@ -233,6 +371,7 @@ DECLARE
     v_org organizations;
     v_charge billing_transactions;
     v_prior billing_transactions;
+    v_id uuid := message_transaction_id('refund', p_org_id, p_message_id);
     v_amount numeric;
 BEGIN
     IF p_amount IS NOT NULL THEN
@@ -240,12 +379,11 @@ BEGIN
     END IF;
     v_org := lock_organization(p_org_id);
     SELECT * INTO v_charge FROM billing_transactions
-     WHERE org_id = p_org_id AND message_id = p_message_id AND type = 'sms_send';
+     WHERE id = message_transaction_id('sms_send', p_org_id, p_message_id);
     IF NOT FOUND THEN
         RETURN (NULL::uuid, v_org.sms_balance, 'not_charged'::text);
     END IF;
-    SELECT * INTO v_prior FROM billing_transactions
-     WHERE org_id = p_org_id AND message_id = p_message_id AND type = 'refund';
+    SELECT * INTO v_prior FROM billing_transactions WHERE id = v_id;
     IF FOUND THEN
         RETURN (v_prior.id, v_prior.balance_after, 'duplicate'::text);
     END IF;
@@ -253,7 +391,7 @@ BEGIN
     IF v_amount > -v_charge.amount THEN
         RETURN (NULL::uuid, v_org.sms_balance, 'exceeds_charge'::text);
     END IF;
-    RETURN append_ledger_row(v_org, 'refund', v_amount, v_charge.sms_count,
+    RETURN append_ledger_row(v_id, v_org, 'refund', v_amount, v_charge.sms_count,
                              v_charge.cost_per_sms, NULL, NULL, p_message_id,
                              v_charge.campaign_id, p_description, p_metadata, p_created_by);
 END

@@ -1,0 +1,51 @@
+"""A throwaway migrated database for benchmarks: embedded, or on DATABASE_URL's server."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from billing_gateway import embedded
+from billing_gateway.config import Settings
+from billing_gateway.migrations import migrate
+
+
+@contextmanager
+def scratch_database() -> Iterator[str]:
+    """Create a migrated database for one run and drop it afterwards; yield its DSN."""
+    server_dsn = os.environ.get("DATABASE_URL")
+    server = None
+    if not server_dsn:
+        server = embedded.start_server(Path(tempfile.mkdtemp()) / "pgdata", cleanup_mode="delete")
+        server_dsn = server.get_uri()
+    name = f"billing_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        dsn = psycopg.conninfo.make_conninfo(server_dsn, dbname=name)
+        migrate(dsn)
+        yield dsn
+    finally:
+        with psycopg.connect(server_dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+        if server is not None:
+            server.cleanup()
+
+
+def bench_settings(dsn: str) -> Settings:
+    """Settings for an in-process app on the scratch database."""
+    return Settings(database_url=dsn, environment="test", jwt_secret="b" * 40,
+                    data_dir=Path(tempfile.mkdtemp()))
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """Return the q-th percentile (0..100) of samples, nearest rank."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
