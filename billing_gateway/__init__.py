@@ -84,9 +84,9 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     app.before_request(_assign_request_id)
     app.after_request(_echo_request_id)
 
-    from billing_gateway.api import balance, funds, health, pricing, transactions, usage
+    from billing_gateway.api import balance, funds, health, pricing, stripe, transactions, usage
 
     api = BillingApi(app)
-    for module in (health, balance, funds, transactions, usage, pricing):
+    for module in (health, balance, funds, transactions, usage, pricing, stripe):
         api.register_blueprint(module.blp)
     return app

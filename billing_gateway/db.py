@@ -74,6 +74,21 @@ def tenant_set_transaction(
         yield conn
 
 
+@contextmanager
+def stripe_transaction(conn: psycopg.Connection) -> Iterator[psycopg.Connection]:
+    """Run a transaction in the 'stripe' scope: Stripe's records (events, payments) are
+    visible; an org's ledger only after enter_org() names it, as in any request."""
+    with conn.transaction():
+        conn.execute("SELECT set_config('billing.scope', 'stripe', true),"
+                     " set_config('billing.caller', 'stripe', true)")
+        yield conn
+
+
+def enter_org(conn: psycopg.Connection, org_id: UUID) -> None:
+    """Scope the rest of the current transaction's ledger work to one org."""
+    conn.execute("SELECT set_config('billing.org_id', %s, true)", (str(org_id),))
+
+
 def get_pool(app: Flask | None = None) -> ConnectionPool:
     """Return the app's pool, opening it on first use (never at import or create_app)."""
     app = app or current_app

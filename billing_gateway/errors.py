@@ -60,6 +60,18 @@ class IdempotencyConflict(BillingError):
     code, status = "idempotency_conflict", 409
 
 
+class PaymentProviderError(BillingError):
+    """Stripe refused the request or could not be reached."""
+
+    code, status = "payment_provider_error", 502
+
+
+class StripeNotConfigured(BillingError):
+    """No STRIPE_SECRET_KEY (or STRIPE_WEBHOOK_SECRET) is set."""
+
+    code, status = "stripe_not_configured", 503
+
+
 class ServiceUnavailable(BillingError):
     """A dependency (the database) cannot be reached right now."""
 

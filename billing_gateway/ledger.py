@@ -44,7 +44,8 @@ class HistoryPage:
     total: int
 
 
-def _jsonb(value: dict[str, Any] | None) -> Jsonb | None:
+def jsonb(value: dict[str, Any] | None) -> Jsonb | None:
+    """Wrap a dict for a jsonb parameter, serialized with exact decimals."""
     return None if value is None else Jsonb(value, dumps=json_codec.dumps)
 
 
@@ -104,7 +105,7 @@ def credit(
             "SELECT transaction_id, balance, outcome"
             " FROM add_credits(%s, %s, %s, %s, %s, %s, %s, %s)",
             (org_id, amount, type, payment_method, payment_intent_id, description,
-             created_by, _jsonb(metadata)),
+             created_by, jsonb(metadata)),
         ).fetchone()
     except psycopg.errors.UniqueViolation as exc:
         # The unique index on payment_intent_id spans every org; RLS hides the other
@@ -140,7 +141,7 @@ def debit(
         "SELECT transaction_id, balance, outcome"
         " FROM deduct_credits(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (org_id, amount, sms_count, cost_per_sms, message_id, campaign_id, description,
-         created_by, _jsonb(metadata)),
+         created_by, jsonb(metadata)),
     ).fetchone()
     assert row is not None
     return LedgerResult(*row)

@@ -21,7 +21,12 @@ from billing_gateway.invariants import find_violations
 from billing_gateway.migrations import migrate
 
 TEST_SECRET = "test-secret-" + "x" * 40
+STRIPE_TEST_KEY = "sk_test_51BillingGatewayTestKey"
+WEBHOOK_SECRET = "whsec_current_5b9d2a8f0c7e4d1b"
+WEBHOOK_SECRET_OLD = "whsec_previous_e3a1f6c2d9b84a07"
+
 LEDGER_TABLES = ("idempotency_keys", "billing_transaction_counts", "billing_transactions",
+                 "checkout_sessions", "stripe_events", "stripe_payments", "stripe_disputes",
                  "organizations")
 
 
@@ -59,6 +64,9 @@ def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Set
         data_dir=tmp_path_factory.mktemp("data"),
         environment="test",
         jwt_secret=TEST_SECRET,
+        stripe_secret_key=STRIPE_TEST_KEY,
+        # The current webhook secret, then the one being rotated out.
+        stripe_webhook_secrets=(WEBHOOK_SECRET, WEBHOOK_SECRET_OLD),
     )
 
 

@@ -1,0 +1,100 @@
+"""Stripe top-ups: Checkout sessions for customers, the signed webhook, shortfalls for admins."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Any
+
+from flask import Response, current_app, request
+
+from billing_gateway import money, payments, stripe_events, stripe_gateway
+from billing_gateway.api import blueprint
+from billing_gateway.api.ledger_write import ledger_write
+from billing_gateway.auth import ADMIN, MEMBER, current_caller, require_role, resolve_org
+from billing_gateway.db import get_db, stripe_transaction
+from billing_gateway.errors import ValidationFailed
+from billing_gateway.schemas import (
+    CheckoutRequest,
+    CheckoutResponse,
+    ShortfallList,
+    WebhookAck,
+)
+
+blp = blueprint("stripe", "Top-ups through Stripe Checkout, and Stripe's webhook.")
+_CHECKOUT = CheckoutResponse()
+
+
+def _stripe_idempotency_key(caller: str, org: uuid.UUID, key: str | None) -> str:
+    """The key for Stripe's API: the caller's Idempotency-Key (scoped to caller and org, so
+    two callers' keys never meet in our Stripe account), else a fresh one per request."""
+    if key is None:
+        return f"{stripe_gateway.SOURCE}-checkout-{uuid.uuid4()}"
+    digest = hashlib.sha256(f"{caller}\0{org}\0{key}".encode()).hexdigest()[:40]
+    return f"{stripe_gateway.SOURCE}-checkout-{digest}"
+
+
+@blp.route("/create-checkout", methods=["POST"])
+@require_role(MEMBER, ADMIN)
+@blp.arguments(CheckoutRequest)
+@blp.response(201, CheckoutResponse)
+@blp.alt_response(502, description="Stripe refused or failed (payment_provider_error).")
+@blp.alt_response(503, description="No STRIPE_SECRET_KEY (stripe_not_configured).")
+def create_checkout(args: dict[str, Any]) -> Response:
+    """Start a top-up: a Stripe Checkout Session for `amount`, credited when paid."""
+    settings = current_app.config["BILLING_SETTINGS"]
+    amount = args["amount"]
+    if not settings.min_topup <= amount <= settings.max_topup:
+        raise ValidationFailed("Top-up amount out of bounds", fields={"amount": [
+            f"Must be between {money.format_number(settings.min_topup)} and "
+            f"{money.format_number(settings.max_topup)}."]})
+    try:
+        money.to_minor_units(amount, settings.currency)
+    except money.AmountError as exc:
+        raise ValidationFailed("Top-up amount invalid", fields={"amount": [str(exc)]}) from exc
+    caller = current_caller()
+    org = resolve_org(caller, args.get("org_id"))
+    client = stripe_gateway.make_client(settings)  # 503 before any work when unconfigured
+    with ledger_write(org) as write:
+        if write.replay is not None:
+            return write.replay
+        session = stripe_gateway.create_checkout_session(
+            client, settings, org, amount,
+            _stripe_idempotency_key(caller.subject, org, write.key))
+        write.conn.execute("INSERT INTO organizations (id) VALUES (%s) ON CONFLICT DO NOTHING",
+                           (org,))
+        write.conn.execute(
+            "INSERT INTO checkout_sessions (id, org_id, amount, currency, created_by)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+            (session["id"], org, amount, settings.currency, caller.subject))
+        return write.respond(201, _CHECKOUT.dump(
+            {"session_id": session["id"], "url": session["url"]}))
+
+
+@blp.route("/stripe-webhook", methods=["POST"])
+@blp.response(200, WebhookAck)
+@blp.alt_response(400, description="Signature missing or wrong, or not a Stripe event.")
+@blp.alt_response(500, description="Processing failed and was rolled back; Stripe retries.")
+def stripe_webhook() -> dict[str, bool]:
+    """Stripe's events (no JWT: the Stripe-Signature header proves them).
+
+    Each event is applied once, with its ledger effect, in one transaction; a repeat is
+    acknowledged and changes nothing.
+    """
+    settings = current_app.config["BILLING_SETTINGS"]
+    # The raw bytes, before anything parses them: the signature covers exactly these.
+    raw = request.get_data(cache=False)
+    event = stripe_events.verify(raw, request.headers.get("Stripe-Signature"),
+                                 settings.stripe_webhook_secrets)
+    stripe_events.process(get_db(), event, settings.currency)
+    return {"received": True}
+
+
+@blp.route("/payments/shortfalls", methods=["GET"])
+@require_role(ADMIN)
+@blp.response(200, ShortfallList)
+def list_shortfalls() -> dict[str, Any]:
+    """Payments refunded or lost in dispute after their credits were spent: the part the
+    balance could not cover (the reversal took what was there)."""
+    with stripe_transaction(get_db()) as conn:
+        return {"shortfalls": payments.shortfalls(conn)}

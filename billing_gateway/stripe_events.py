@@ -1,0 +1,186 @@
+"""Stripe webhook events: verified over the raw body, stored once, processed once.
+
+An event is claimed (stored) and processed in one database transaction with its ledger
+effect: it is either fully applied and marked processed, or not applied at all. A failure
+rolls back, is recorded on the event (processed_at NULL, error), and answers 500 so that
+Stripe retries; the retry, or `billing-gateway reconcile`, processes it then, once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import psycopg
+import stripe
+from psycopg.types.json import Jsonb
+
+from billing_gateway import payments
+from billing_gateway.db import enter_org, stripe_transaction
+from billing_gateway.errors import StripeNotConfigured, ValidationFailed
+from billing_gateway.stripe_gateway import tagged_org
+
+log = logging.getLogger("billing_gateway.stripe")
+
+# Stripe's default: a signature older than 5 minutes is refused (replay protection).
+# https://docs.stripe.com/webhooks#verify-official-libraries
+TOLERANCE_SECONDS = 300
+
+# The events that change the ledger or a recorded session; docs/stripe.md lists them.
+HANDLED_EVENTS = (
+    "payment_intent.succeeded",
+    "checkout.session.completed",
+    "checkout.session.async_payment_succeeded",
+    "checkout.session.async_payment_failed",
+    "checkout.session.expired",
+    "charge.refunded",
+    "charge.dispute.closed",
+)
+
+
+def verify(raw_body: bytes, signature: str | None, secrets: tuple[str, ...]) -> dict[str, Any]:
+    """Check the Stripe-Signature header against each secret; return the parsed event.
+
+    Several secrets are accepted during a rotation. The HMAC covers the exact bytes
+    received, so nothing may parse or re-encode the body before this.
+    """
+    if not secrets:
+        raise StripeNotConfigured("Webhook secret not configured (STRIPE_WEBHOOK_SECRET)")
+    if not signature:
+        raise ValidationFailed("Missing Stripe-Signature header")
+    for secret in secrets:
+        try:
+            stripe.WebhookSignature.verify_header(raw_body, signature, secret,
+                                                  tolerance=TOLERANCE_SECONDS)
+            break
+        except (stripe.SignatureVerificationError, UnicodeDecodeError, ValueError):
+            continue
+    else:
+        raise ValidationFailed("Stripe-Signature does not match the body for any webhook secret")
+    try:
+        event = json.loads(raw_body)
+        if not (isinstance(event, dict) and isinstance(event.get("id"), str)
+                and isinstance(event.get("type"), str)
+                and isinstance(event.get("data", {}).get("object"), dict)):
+            raise ValueError("not a Stripe event object")
+    except (ValueError, AttributeError) as exc:
+        raise ValidationFailed(f"The body is not a Stripe event: {exc}") from exc
+    return event
+
+
+def _claim(conn: psycopg.Connection, event: dict[str, Any]) -> bool:
+    """Store the event, or take up an earlier failed attempt; False if already processed.
+
+    A concurrent delivery of the same event waits on the first one's row until it commits
+    (then sees it processed) or rolls back (then claims it itself).
+    """
+    claimed = conn.execute(
+        "INSERT INTO stripe_events (id, type, payload) VALUES (%s, %s, %s)"
+        " ON CONFLICT (id) DO UPDATE SET attempts = stripe_events.attempts + 1"
+        " WHERE stripe_events.processed_at IS NULL RETURNING 1",
+        (event["id"], event["type"], Jsonb(event)),
+    ).fetchone()
+    return claimed is not None
+
+
+def _payment_intent_id(value: Any) -> str | None:
+    """A PaymentIntent reference: an id, or an expanded object."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    return value if isinstance(value, str) and value else None
+
+
+def _update_session(conn: psycopg.Connection, session: dict[str, Any], status: str) -> None:
+    org = tagged_org(session.get("metadata"))
+    if org is None:
+        return
+    enter_org(conn, org)
+    conn.execute(
+        "UPDATE checkout_sessions SET status = %s, payment_status = %s,"
+        " payment_intent_id = coalesce(%s, payment_intent_id), updated_at = now()"
+        " WHERE id = %s",
+        (status, session.get("payment_status"), _payment_intent_id(session.get("payment_intent")),
+         session["id"]))
+
+
+def apply(conn: psycopg.Connection, event: dict[str, Any],
+          settlement_currency: str) -> tuple[str, str | None]:
+    """Apply one event's effect; return its outcome and the PaymentIntent it concerns."""
+    kind, obj = event["type"], event["data"]["object"]
+    if kind == "payment_intent.succeeded":
+        org = tagged_org(obj.get("metadata"))
+        if org is None:
+            return "ignored_not_ours", obj.get("id")
+        return payments.credit_payment(
+            conn, obj["id"], org, int(obj["amount_received"]), obj["currency"],
+            settlement_currency=settlement_currency, event_id=event["id"]), obj["id"]
+    if kind in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
+        org = tagged_org(obj.get("metadata"))
+        intent = _payment_intent_id(obj.get("payment_intent"))
+        if org is None:
+            return "ignored_not_ours", intent
+        _update_session(conn, obj, "complete")
+        if obj.get("payment_status") != "paid" or intent is None:
+            return "awaiting_payment", intent
+        return payments.credit_payment(
+            conn, intent, org, int(obj["amount_total"]), obj["currency"],
+            settlement_currency=settlement_currency, event_id=event["id"]), intent
+    if kind in ("checkout.session.async_payment_failed", "checkout.session.expired"):
+        _update_session(conn, obj, "expired" if kind.endswith("expired") else "payment_failed")
+        return "session_updated", _payment_intent_id(obj.get("payment_intent"))
+    if kind == "charge.refunded":
+        intent = _payment_intent_id(obj.get("payment_intent"))
+        if intent is None:
+            return "ignored_no_payment_intent", None
+        return payments.record_refund(conn, intent, int(obj["amount_refunded"])), intent
+    if kind == "charge.dispute.closed":
+        intent = _payment_intent_id(obj.get("payment_intent"))
+        if obj.get("status") != "lost" or intent is None:
+            return f"dispute_{obj.get('status')}", intent
+        return payments.record_lost_dispute(conn, obj["id"], intent, int(obj["amount"])), intent
+    return "ignored_event_type", None
+
+
+def process(conn: psycopg.Connection, event: dict[str, Any], settlement_currency: str) -> str:
+    """Store and apply an event in one transaction; 'duplicate' if it was processed before.
+
+    On failure the transaction rolls back, the failure is recorded, and the error is
+    raised again (the webhook answers 500).
+    """
+    try:
+        with stripe_transaction(conn):
+            if not _claim(conn, event):
+                return "duplicate"
+            outcome, intent = apply(conn, event, settlement_currency)
+            conn.execute(
+                "UPDATE stripe_events SET processed_at = now(), outcome = %s, error = NULL,"
+                " payment_intent_id = %s WHERE id = %s", (outcome, intent, event["id"]))
+            return outcome
+    except Exception as exc:
+        _record_failure(conn, event, exc)
+        raise
+
+
+def _record_failure(conn: psycopg.Connection, event: dict[str, Any], exc: Exception) -> None:
+    """Keep the failed event and its error for the retry and for reconcile (best effort)."""
+    log.error("stripe event %s (%s) failed: %s", event.get("id"), event.get("type"), exc)
+    try:
+        with stripe_transaction(conn):
+            conn.execute(
+                "INSERT INTO stripe_events (id, type, payload, outcome, error)"
+                " VALUES (%s, %s, %s, 'failed', %s)"
+                " ON CONFLICT (id) DO UPDATE SET outcome = 'failed', error = excluded.error"
+                " WHERE stripe_events.processed_at IS NULL",
+                (event["id"], event["type"], Jsonb(event),
+                 f"{type(exc).__name__}: {exc}"[:2000]))
+    except Exception:  # the database itself may be what failed
+        log.exception("could not record the failure of stripe event %s", event.get("id"))
+
+
+def unprocessed(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    """Stored events whose processing failed, oldest first (their payloads)."""
+    with stripe_transaction(conn):
+        rows = conn.execute("SELECT payload FROM stripe_events WHERE processed_at IS NULL"
+                            " ORDER BY received_at").fetchall()
+    return [row[0] for row in rows]

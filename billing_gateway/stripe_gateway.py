@@ -1,0 +1,88 @@
+"""Stripe's API as this service uses it: a configured client, Checkout sessions, tags."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import stripe
+from stripe._base_address import BaseAddresses
+
+from billing_gateway import money
+from billing_gateway.config import Settings
+from billing_gateway.errors import PaymentProviderError, StripeNotConfigured
+
+# What marks a payment as ours: metadata {"source": SOURCE, "org_id": "<uuid>"} on the
+# Checkout Session and on its PaymentIntent, and client_reference_id "billing-gateway:<org>".
+SOURCE = "billing-gateway"
+PRODUCT_NAME = "SMS credits"
+
+
+def make_client(settings: Settings) -> stripe.StripeClient:
+    """A StripeClient for this deployment's key (never the global stripe.api_key).
+
+    STRIPE_API_BASE points it at a Stripe-compatible server (stripe-mock, a local stub).
+    """
+    if not settings.stripe_secret_key:
+        raise StripeNotConfigured("Stripe is not configured (STRIPE_SECRET_KEY is not set)")
+    base: BaseAddresses | None = (
+        {"api": settings.stripe_api_base} if settings.stripe_api_base else None)
+    # The SDK retries network failures and 409/429/5xx itself, with the idempotency key
+    # of the first attempt: https://docs.stripe.com/api/idempotent_requests
+    return stripe.StripeClient(settings.stripe_secret_key, base_addresses=base,
+                               max_network_retries=2)
+
+
+def tag(org_id: uuid.UUID) -> dict[str, str]:
+    """Metadata that marks a payment as this service's, for this org."""
+    return {"source": SOURCE, "org_id": str(org_id)}
+
+
+def tagged_org(metadata: Any) -> uuid.UUID | None:
+    """The org of a payment tagged as ours, or None for anybody else's payment."""
+    if not isinstance(metadata, dict) or metadata.get("source") != SOURCE:
+        return None
+    try:
+        return uuid.UUID(str(metadata.get("org_id")))
+    except ValueError:
+        return None
+
+
+def create_checkout_session(
+    client: stripe.StripeClient, settings: Settings, org_id: uuid.UUID, amount: Decimal,
+    idempotency_key: str,
+) -> dict[str, Any]:
+    """Create a one-item Checkout Session in payment mode for `amount` of credits.
+
+    The org is tagged on the session and on its PaymentIntent: Checkout's own metadata
+    does not reach the PaymentIntent, and payment_intent.succeeded carries only the latter.
+    https://docs.stripe.com/api/checkout/sessions/create
+    """
+    currency = settings.currency
+    params: dict[str, Any] = {
+        "mode": "payment",
+        "line_items": [{
+            "quantity": 1,
+            "price_data": {
+                "currency": currency,
+                "unit_amount": money.to_minor_units(amount, currency),
+                "product_data": {"name": PRODUCT_NAME},
+            },
+        }],
+        "success_url": (f"{settings.public_url}/billing?success=true"
+                        "&session_id={CHECKOUT_SESSION_ID}"),
+        "cancel_url": f"{settings.public_url}/billing?canceled=true",
+        "client_reference_id": f"{SOURCE}:{org_id}",
+        "metadata": tag(org_id),
+        "payment_intent_data": {"metadata": tag(org_id)},
+    }
+    try:
+        session = client.v1.checkout.sessions.create(
+            params,  # type: ignore[arg-type]  # a plain dict is what the SDK sends
+            {"idempotency_key": idempotency_key},
+        )
+    except stripe.StripeError as exc:
+        raise PaymentProviderError(f"Stripe: {exc.user_message or exc}") from exc
+    result: dict[str, Any] = session.to_dict()
+    return result
