@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from billing_gateway import embedded
+from billing_gateway import embedded, reconcile
 from billing_gateway.auth import ADMIN, MEMBER, ROLES, issue_token
 from billing_gateway.config import ConfigError, Settings, load_settings, warn_if_dev_secret
+from billing_gateway.errors import BillingError
 from billing_gateway.migrations import migrate
 
 DEMO_ORG_FILE = "demo-org"
@@ -108,6 +109,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    """Credit tagged payments the ledger lacks; process failed events again."""
+    since = reconcile.parse_span(args.since)
+    report = reconcile.run(settings, database_url(settings), since)
+    return 1 if report.unrepaired else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Describe the commands."""
     parser = argparse.ArgumentParser(prog="billing-gateway", description=__doc__)
@@ -124,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=2)
     serve.add_argument("--threads", type=int, default=4)
     serve.set_defaults(func=cmd_serve)
+
+    reconcile_cmd = sub.add_parser(
+        "reconcile", help="credit Stripe payments the ledger missed; retry failed events")
+    reconcile_cmd.add_argument("--since", default="3d",
+                               help="how far back to look: 3d (default), 12h, 30m")
+    reconcile_cmd.set_defaults(func=cmd_reconcile)
 
     token = sub.add_parser("token", help="print a signed JWT for local use")
     token.add_argument("--org", help="organization id (UUID)")
@@ -143,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    except ValueError as exc:
+    except (ValueError, BillingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return code

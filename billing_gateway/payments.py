@@ -53,7 +53,7 @@ def lock_payment(conn: psycopg.Connection, payment_intent_id: str) -> Payment:
 
 def credit_payment(conn: psycopg.Connection, payment_intent_id: str, org_id: UUID,
                    amount_minor: int, currency: str, *, settlement_currency: str,
-                   event_id: str | None = None) -> str:
+                   origin: str | None = None) -> str:
     """Credit a succeeded payment once; then apply any refund or dispute seen before it.
 
     Outcomes: credited, duplicate, currency_mismatch, org_mismatch, amount_mismatch,
@@ -80,7 +80,7 @@ def credit_payment(conn: psycopg.Connection, payment_intent_id: str, org_id: UUI
                 conn, org_id, money.from_minor_units(amount_minor, currency),
                 type="purchase", payment_method="stripe", payment_intent_id=payment_intent_id,
                 description="Stripe top-up", created_by=CREATED_BY,
-                metadata={"stripe_event": event_id} if event_id else None,
+                metadata={"stripe_origin": origin} if origin else None,
             )
     except IdempotencyConflict:
         return "conflict"

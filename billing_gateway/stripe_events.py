@@ -114,7 +114,7 @@ def apply(conn: psycopg.Connection, event: dict[str, Any],
             return "ignored_not_ours", obj.get("id")
         return payments.credit_payment(
             conn, obj["id"], org, int(obj["amount_received"]), obj["currency"],
-            settlement_currency=settlement_currency, event_id=event["id"]), obj["id"]
+            settlement_currency=settlement_currency, origin=event["id"]), obj["id"]
     if kind in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
         org = tagged_org(obj.get("metadata"))
         intent = _payment_intent_id(obj.get("payment_intent"))
@@ -125,7 +125,7 @@ def apply(conn: psycopg.Connection, event: dict[str, Any],
             return "awaiting_payment", intent
         return payments.credit_payment(
             conn, intent, org, int(obj["amount_total"]), obj["currency"],
-            settlement_currency=settlement_currency, event_id=event["id"]), intent
+            settlement_currency=settlement_currency, origin=event["id"]), intent
     if kind in ("checkout.session.async_payment_failed", "checkout.session.expired"):
         _update_session(conn, obj, "expired" if kind.endswith("expired") else "payment_failed")
         return "session_updated", _payment_intent_id(obj.get("payment_intent"))
