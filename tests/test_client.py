@@ -166,3 +166,20 @@ def test_bulk_usage_refund_and_pricing(connect: Callable[..., Any], org: uuid.UU
     assert service.refund_usage(org, "x")["balance"] == Decimal("1.00")
     page = connect("member", org).get_transactions(type="refund")
     assert page["pagination"]["total"] == 1
+
+
+def test_create_checkout(connect: Callable[..., Any], org: uuid.UUID) -> None:
+    import responses
+
+    from tests import stripe_objects
+
+    session = stripe_objects.checkout_session(org=org, amount_total=2000, status="open",
+                                              payment_status="unpaid")
+    with responses.RequestsMock() as stripe_api:
+        stripe_api.add_passthru("http://127.0.0.1")  # the gateway itself, served for real
+        stripe_api.add(responses.POST, "https://api.stripe.com/v1/checkout/sessions",
+                       json=session)
+        answer = connect("member", org).create_checkout(Decimal("20.00"))
+    assert answer == {"sessionId": session["id"], "url": session["url"]}
+    with pytest.raises(billing.ValidationError):
+        connect("member", org).create_checkout("4.99")
