@@ -401,3 +401,20 @@ def test_database_failure_rolls_back_answers_500_then_the_retry_credits_once(
     assert owner_conn.execute("SELECT outcome, processed_at IS NOT NULL, attempts"
                               " FROM stripe_events WHERE id = %s", (evt["id"],)).fetchone() == (
         "credited", True, 2)
+
+
+@pytest.mark.parametrize("currency,minor,expected", [("jpy", 5000, Decimal("5000")),
+                                                     ("kwd", 12345, Decimal("12.345"))])
+def test_minor_units_follow_the_currency_exponent(settings: Any, org: uuid.UUID,
+                                                  owner_conn: psycopg.Connection,
+                                                  currency: str, minor: int,
+                                                  expected: Decimal) -> None:
+    from billing_gateway import create_app
+
+    app = create_app(settings.with_overrides(currency=currency))
+    try:
+        evt = succeeded(org, minor, currency=currency)
+        assert deliver(app.test_client(), evt).status_code == 200
+    finally:
+        app.extensions["billing_pool"].close()
+    assert balance(owner_conn, org) == expected
