@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from billing_gateway import embedded, reconcile
+import psycopg
+
+from billing_gateway import embedded, invariants, reconcile
 from billing_gateway.auth import ADMIN, MEMBER, ROLES, issue_token
 from billing_gateway.config import ConfigError, Settings, load_settings, warn_if_dev_secret
 from billing_gateway.errors import BillingError
@@ -116,6 +119,30 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if report.unrepaired else 0
 
 
+def cmd_verify_ledger(args: argparse.Namespace, settings: Settings) -> int:
+    """Check every invariant of the ledger; exit 1 with a report when one fails."""
+    org = uuid.UUID(args.org) if args.org else None
+    started = time.perf_counter()
+    with psycopg.connect(database_url(settings), autocommit=True) as conn:
+        invariants.require_full_view(conn)
+        with conn.transaction():  # one snapshot: every check sees the same ledger
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            orgs, transactions = invariants.ledger_size(conn, org)
+            failed = 0
+            for violation in invariants.iter_violations(conn, org):
+                failed += 1
+                print(f"VIOLATION {violation}")
+    elapsed = time.perf_counter() - started
+    scope = f"org {org}" if org else f"{orgs:,} orgs"
+    if failed:
+        print(f"ledger NOT sound: {failed} violation(s) in {scope}, {transactions:,} "
+              f"transactions ({elapsed:.2f} s)")
+        return 1
+    print(f"ledger sound: {scope}, {transactions:,} transactions, every invariant holds "
+          f"({elapsed:.2f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Describe the commands."""
     parser = argparse.ArgumentParser(prog="billing-gateway", description=__doc__)
@@ -139,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
                                help="how far back to look: 3d (default), 12h, 30m")
     reconcile_cmd.set_defaults(func=cmd_reconcile)
 
+    verify = sub.add_parser(
+        "verify-ledger", help="check every ledger invariant; exit 1 with a report if one fails")
+    verify.add_argument("--org", help="only this organization (UUID)")
+    verify.set_defaults(func=cmd_verify_ledger)
+
     token = sub.add_parser("token", help="print a signed JWT for local use")
     token.add_argument("--org", help="organization id (UUID)")
     token.add_argument("--role", choices=ROLES, default=MEMBER)
@@ -157,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, BillingError) as exc:
+    except (ValueError, BillingError, invariants.CannotSeeEverything) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return code

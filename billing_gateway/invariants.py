@@ -1,48 +1,176 @@
-"""The ledger's invariants, checked by SQL over every org (run as a role that sees all orgs)."""
+"""The ledger's invariants, checked by SQL over every org; the core of `verify-ledger`.
+
+Each check is one query that PostgreSQL streams through (window functions over the
+(org_id, seq) index, aggregates), returning one row per violation, so the cost grows
+with the ledger's size and memory does not. They must run as a role that sees every
+org (a superuser or BYPASSRLS): under row level security a role would see nothing and
+report a clean ledger that was never read.
+"""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 import psycopg
 
-# Each query returns one row per violation: (org_id, what is wrong).
+from billing_gateway import money
+
+
+def _exponent_sql(column: str) -> str:
+    """SQL for the minor-unit exponent of a currency column (money.currency_exponent)."""
+    zero = ", ".join(f"'{c}'" for c in sorted(money.ZERO_DECIMAL_CURRENCIES))
+    three = ", ".join(f"'{c}'" for c in sorted(money.THREE_DECIMAL_CURRENCIES))
+    return f"(CASE WHEN {column} IN ({zero}) THEN 0 WHEN {column} IN ({three}) THEN 3 ELSE 2 END)"
+
+
+# Each query takes %(org)s (NULL: every org) and returns (org_id, what is wrong).
 _CHECKS = {
     "balance equals the sum of its transactions": """
-        SELECT o.id, format('balance %s, sum of amounts %s, count %s, rows %s',
+        SELECT o.id, format('balance %%s, sum of amounts %%s, count %%s, rows %%s',
                             o.sms_balance, coalesce(t.total, 0), o.transaction_count,
                             coalesce(t.rows, 0))
           FROM organizations o
           LEFT JOIN (SELECT org_id, sum(amount) AS total, count(*) AS rows, max(seq) AS top
-                       FROM billing_transactions GROUP BY org_id) t ON t.org_id = o.id
-         WHERE o.sms_balance <> coalesce(t.total, 0)
-            OR o.transaction_count <> coalesce(t.rows, 0)
-            OR coalesce(t.top, 0) <> o.transaction_count""",
+                       FROM billing_transactions
+                      WHERE %(org)s::uuid IS NULL OR org_id = %(org)s::uuid
+                      GROUP BY org_id) t ON t.org_id = o.id
+         WHERE (%(org)s::uuid IS NULL OR o.id = %(org)s::uuid)
+           AND (o.sms_balance <> coalesce(t.total, 0)
+                OR o.transaction_count <> coalesce(t.rows, 0)
+                OR coalesce(t.top, 0) <> o.transaction_count)""",
     "each row continues the previous one": """
-        SELECT t.org_id, format('seq %s: balance_before %s, previous balance_after %s',
-                                t.seq, t.balance_before, p.balance_after)
-          FROM billing_transactions t
-          LEFT JOIN billing_transactions p ON p.org_id = t.org_id AND p.seq = t.seq - 1
-         WHERE t.balance_before + t.amount <> t.balance_after
-            OR (t.seq = 1 AND t.balance_before <> 0)
-            OR (t.seq > 1 AND (p.id IS NULL OR p.balance_after <> t.balance_before))""",
+        SELECT org_id, format('seq %%s: balance_before %%s + amount %%s, balance_after %%s,'
+                              ' previous row seq %%s balance_after %%s',
+                              seq, balance_before, amount, balance_after, prev_seq, prev_after)
+          FROM (SELECT org_id, seq, balance_before, amount, balance_after,
+                       lag(seq) OVER w AS prev_seq, lag(balance_after) OVER w AS prev_after
+                  FROM billing_transactions
+                 WHERE %(org)s::uuid IS NULL OR org_id = %(org)s::uuid
+                WINDOW w AS (PARTITION BY org_id ORDER BY seq)) t
+         WHERE balance_before + amount <> balance_after
+            OR seq <> coalesce(prev_seq, 0) + 1
+            OR balance_before <> coalesce(prev_after, 0)""",
     "per-type counts match the rows": """
         SELECT coalesce(c.org_id, t.org_id),
-               format('type %s: counted %s, rows %s, top type_seq %s',
+               format('type %%s: counted %%s, rows %%s, top type_seq %%s',
                       coalesce(c.type, t.type), c.n, t.rows, t.top)
-          FROM billing_transaction_counts c
+          FROM (SELECT * FROM billing_transaction_counts
+                 WHERE %(org)s::uuid IS NULL OR org_id = %(org)s::uuid) c
           FULL JOIN (SELECT org_id, type, count(*) AS rows, max(type_seq) AS top
-                       FROM billing_transactions GROUP BY org_id, type) t
+                       FROM billing_transactions
+                      WHERE %(org)s::uuid IS NULL OR org_id = %(org)s::uuid
+                      GROUP BY org_id, type) t
             ON t.org_id = c.org_id AND t.type = c.type
          WHERE c.n IS DISTINCT FROM t.rows OR c.n IS DISTINCT FROM t.top""",
     "no negative balance": """
-        SELECT id, format('balance %s', sms_balance) FROM organizations
-         WHERE sms_balance < 0 OR sms_balance = 'NaN'""",
+        SELECT id, format('balance %%s', sms_balance) FROM organizations
+         WHERE (%(org)s::uuid IS NULL OR id = %(org)s::uuid)
+           AND (sms_balance < 0 OR sms_balance = 'NaN')""",
+    "at most one purchase per PaymentIntent": """
+        SELECT min(org_id::text)::uuid, format('%%s purchases of %%s', count(*), payment_intent_id)
+          FROM billing_transactions
+         WHERE type = 'purchase' AND payment_intent_id IS NOT NULL
+           AND (%(org)s::uuid IS NULL OR org_id = %(org)s::uuid)
+         GROUP BY payment_intent_id HAVING count(*) > 1""",
+    "reversals never exceed their purchase": """
+        SELECT org_id, format('%%s: purchase %%s, reversed %%s', payment_intent_id,
+                              coalesce(purchased, 0), reversed)
+          FROM (SELECT org_id, payment_intent_id,
+                       sum(amount) FILTER (WHERE type = 'purchase') AS purchased,
+                       -sum(amount) FILTER (WHERE type = 'reversal') AS reversed
+                  FROM billing_transactions
+                 WHERE payment_intent_id IS NOT NULL AND type IN ('purchase', 'reversal')
+                   AND (%(org)s::uuid IS NULL OR org_id = %(org)s::uuid)
+                 GROUP BY org_id, payment_intent_id) p
+         WHERE reversed > coalesce(purchased, 0)""",
+    "Stripe payment state matches the ledger": """
+        SELECT p.org_id, format('%%s: credited_minor %%s but purchase %%s; reversed_minor %%s'
+                                ' but reversals %%s + shortfall %%s',
+                                p.payment_intent_id, p.credited_minor, t.purchased,
+                                p.reversed_minor, coalesce(t.reversed, 0), p.shortfall)
+          FROM stripe_payments p
+          LEFT JOIN (SELECT payment_intent_id,
+                            sum(amount) FILTER (WHERE type = 'purchase') AS purchased,
+                            -sum(amount) FILTER (WHERE type = 'reversal') AS reversed
+                       FROM billing_transactions
+                      WHERE type IN ('purchase', 'reversal') AND payment_intent_id IS NOT NULL
+                      GROUP BY payment_intent_id) t USING (payment_intent_id)
+         WHERE p.credited_minor IS NOT NULL
+           AND (%(org)s::uuid IS NULL OR p.org_id = %(org)s::uuid)
+           AND (t.purchased IS DISTINCT FROM p.credited_minor
+                    * power(10::numeric, -EXPONENT)
+                OR coalesce(t.reversed, 0) + p.shortfall
+                   <> p.reversed_minor * power(10::numeric, -EXPONENT))""".replace(
+                       "EXPONENT", _exponent_sql("p.currency")),
+    "every stored Stripe event processed": """
+        SELECT org_id, format('event %%s (%%s) received %%s not processed: %%s', id, type,
+                              received_at, coalesce(error, 'no error recorded'))
+          FROM stripe_events
+         WHERE processed_at IS NULL
+           AND (%(org)s::uuid IS NULL OR org_id IS NULL OR org_id = %(org)s::uuid)""",
+    "every idempotency record matches its transaction": """
+        SELECT k.org_id, format('key %%s of %%s: %%s', k.key, k.caller,
+                  CASE WHEN k.status_code IS NULL OR k.response_body IS NULL
+                           THEN 'claimed but never answered'
+                       WHEN t.id IS NULL THEN 'transaction ' || k.transaction_id || ' missing'
+                       WHEN t.org_id <> k.org_id THEN 'transaction of another org'
+                       ELSE 'answer names another transaction' END)
+          FROM idempotency_keys k
+          LEFT JOIN billing_transactions t ON t.id = k.transaction_id
+         WHERE (%(org)s::uuid IS NULL OR k.org_id = %(org)s::uuid)
+           AND (k.status_code IS NULL OR k.response_body IS NULL
+                OR (k.transaction_id IS NOT NULL
+                    AND (t.id IS NULL OR t.org_id <> k.org_id
+                         OR strpos(k.response_body, k.transaction_id::text) = 0)))""",
 }
 
 
-def find_violations(conn: psycopg.Connection) -> list[str]:
-    """Return a readable line per broken invariant; empty when the ledger is sound."""
-    problems = []
+@dataclass(frozen=True)
+class Violation:
+    """One broken invariant."""
+
+    check: str
+    org_id: uuid.UUID | None
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.check}: org {self.org_id}: {self.detail}"
+
+
+class CannotSeeEverything(RuntimeError):
+    """The connected role is bound by row level security, so it would see nothing."""
+
+
+def require_full_view(conn: psycopg.Connection) -> None:
+    """Refuse to verify as a role that row level security would blind."""
+    row = conn.execute("SELECT rolsuper OR rolbypassrls FROM pg_roles"
+                       " WHERE rolname = current_user").fetchone()
+    if not row or not row[0]:
+        raise CannotSeeEverything(
+            "verify-ledger needs a superuser or BYPASSRLS role in DATABASE_URL: under row"
+            " level security any other role sees no org and would report a clean ledger")
+
+
+def iter_violations(conn: psycopg.Connection,
+                    org_id: uuid.UUID | None = None) -> Iterator[Violation]:
+    """Yield each violation as the checks find them (org_id: only that org)."""
     for name, query in _CHECKS.items():
-        for org_id, detail in conn.execute(query.encode()):
-            problems.append(f"{name}: org {org_id}: {detail}")
-    return problems
+        with conn.cursor() as cur:
+            for org, detail in cur.execute(query.encode(), {"org": org_id}):
+                yield Violation(name, org, detail)
+
+
+def find_violations(conn: psycopg.Connection, org_id: uuid.UUID | None = None) -> list[str]:
+    """Return a readable line per broken invariant; empty when the ledger is sound."""
+    return [str(violation) for violation in iter_violations(conn, org_id)]
+
+
+def ledger_size(conn: psycopg.Connection, org_id: uuid.UUID | None = None) -> tuple[int, int]:
+    """Return how many orgs and transactions the checks covered (from the counters)."""
+    row = conn.execute(
+        "SELECT count(*), coalesce(sum(transaction_count), 0) FROM organizations"
+        " WHERE %(org)s::uuid IS NULL OR id = %(org)s::uuid", {"org": org_id}).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])

@@ -13,11 +13,11 @@ MAX_AMOUNT = Decimal("1000000000")
 
 # Currencies whose minor unit is not 1/100, from Stripe's list of zero-decimal and
 # three-decimal currencies: https://docs.stripe.com/currencies#zero-decimal
-_ZERO_DECIMAL = {
+ZERO_DECIMAL_CURRENCIES = {
     "bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd",
     "vuv", "xaf", "xof", "xpf",
 }
-_THREE_DECIMAL = {"bhd", "jod", "kwd", "omr", "tnd"}
+THREE_DECIMAL_CURRENCIES = {"bhd", "jod", "kwd", "omr", "tnd"}
 _SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£", "jpy": "¥", "inr": "₹"}
 
 
@@ -28,9 +28,9 @@ class AmountError(ValueError):
 def currency_exponent(currency: str) -> int:
     """Return how many decimal places the currency's minor unit has."""
     code = currency.lower()
-    if code in _ZERO_DECIMAL:
+    if code in ZERO_DECIMAL_CURRENCIES:
         return 0
-    if code in _THREE_DECIMAL:
+    if code in THREE_DECIMAL_CURRENCIES:
         return 3
     return 2
 
