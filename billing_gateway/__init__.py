@@ -10,7 +10,7 @@ from flask.typing import ResponseReturnValue
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
-from billing_gateway import auth, db
+from billing_gateway import auth, db, rate_limits
 from billing_gateway.config import Settings, load_settings
 from billing_gateway.errors import handle_http_exception, register_error_handlers
 from billing_gateway.json_codec import DecimalJSONProvider
@@ -89,4 +89,5 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     api = BillingApi(app)
     for module in (health, balance, funds, transactions, usage, pricing, stripe):
         api.register_blueprint(module.blp)
+    app.extensions["billing_limiter"] = rate_limits.init_app(app, settings)
     return app

@@ -1,0 +1,90 @@
+"""Rate limits: 429 with Retry-After per caller; the SMS sender and signed webhooks exempt."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from flask import Flask
+
+from billing_gateway import create_app
+from billing_gateway.config import Settings
+from tests import stripe_objects as so
+from tests.conftest import TokenFactory
+from tests.test_stripe_webhook import deliver
+
+
+@pytest.fixture
+def limited(settings: Settings) -> Iterator[Flask]:
+    """An app allowing 5 requests per minute per caller."""
+    app = create_app(settings.with_overrides(rate_limit="5/minute"))
+    yield app
+    app.extensions["billing_pool"].close()
+
+
+def test_members_and_admins_get_429_with_retry_after(limited: Flask, auth: TokenFactory,
+                                                     org: uuid.UUID) -> None:
+    client = limited.test_client()
+    member = auth("member", org, subject="member-a")
+    statuses = [client.get("/api/billing/balance", headers=member).status_code
+                for _ in range(6)]
+    assert statuses == [200] * 5 + [429]
+    refused = client.get("/api/billing/balance", headers=member)
+    assert refused.get_json()["error"]["code"] == "rate_limited"
+    assert int(refused.headers["Retry-After"]) > 0
+    # Another caller has its own budget; so does a POST by an admin.
+    assert client.get("/api/billing/balance",
+                      headers=auth("member", org, subject="member-b")).status_code == 200
+    admin = auth("admin", subject="admin-a")
+    posts = [client.post("/api/billing/add-funds", headers=admin,
+                         json={"amount": "1.00", "orgId": str(org)}).status_code
+             for _ in range(6)]
+    assert posts == [201] * 5 + [429]
+
+
+def test_the_sms_sender_is_never_limited(limited: Flask, auth: TokenFactory, credit,
+                                         org: uuid.UUID) -> None:
+    credit(org, "10.00")
+    client = limited.test_client()
+    service = auth("service", subject="sms-sender")
+    statuses = {client.post("/api/billing/deduct", headers=service, json={
+        "orgId": str(org), "smsCount": 1, "messageId": f"m{i}"}).status_code
+        for i in range(12)}
+    assert statuses == {201}
+
+
+def test_requests_without_a_valid_token_count_per_address(limited: Flask) -> None:
+    client = limited.test_client()
+    statuses = [client.get("/api/billing/balance",
+                           headers={"Authorization": "Bearer nope"}).status_code
+                for _ in range(6)]
+    assert statuses == [401] * 5 + [429]
+    # Probes stay open.
+    assert client.get("/healthz").status_code == 200
+
+
+def test_signed_webhooks_are_not_limited_forged_ones_are(limited: Flask,
+                                                         org: uuid.UUID) -> None:
+    client = limited.test_client()
+    for _ in range(8):
+        assert deliver(client, so.event("payment_intent.succeeded", so.payment_intent(
+            org=org, amount=500))).status_code == 200
+    forged = [deliver(client, so.event("payment_intent.succeeded", so.payment_intent(
+        org=org, amount=500)), secret="whsec_forged").status_code for _ in range(6)]
+    assert forged == [400] * 5 + [429]
+    refused = deliver(client, so.event("payment_intent.succeeded", so.payment_intent(
+        org=org, amount=500)), secret="whsec_forged")
+    assert refused.get_json()["error"]["code"] == "rate_limited"
+    assert int(refused.headers["Retry-After"]) > 0
+
+
+def test_off_disables_limits(settings: Settings, auth: TokenFactory, org: uuid.UUID) -> None:
+    app = create_app(settings.with_overrides(rate_limit="off"))
+    try:
+        client = app.test_client()
+        member = auth("member", org)
+        assert {client.get("/api/billing/balance", headers=member).status_code
+                for _ in range(20)} == {200}
+    finally:
+        app.extensions["billing_pool"].close()
