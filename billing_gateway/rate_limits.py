@@ -64,9 +64,10 @@ def init_app(app: Flask, settings: Settings) -> Limiter:
         # Only deliveries that fail verification count, against their address: a flood
         # of forged webhooks is cut off, Stripe's signed deliveries never are.
         # The decorator's wrapper does the check, so it replaces the registered view.
-        app.view_functions[WEBHOOK_ENDPOINT] = limiter.limit(
-            settings.rate_limit, key_func=get_remote_address,
-            deduct_when=_failed_verification)(app.view_functions[WEBHOOK_ENDPOINT])
+        limited = limiter.limit(settings.rate_limit, key_func=get_remote_address,
+                                deduct_when=_failed_verification)
+        app.view_functions[WEBHOOK_ENDPOINT] = limited(  # type: ignore[assignment]
+            app.view_functions[WEBHOOK_ENDPOINT])
     return limiter
 
 
