@@ -14,7 +14,7 @@ from billing_gateway import auth, db, rate_limits
 from billing_gateway.config import Settings, load_settings
 from billing_gateway.errors import handle_http_exception, register_error_handlers
 from billing_gateway.json_codec import DecimalJSONProvider
-from billing_gateway.schemas import ErrorResponse
+from billing_gateway.schemas import BulkChargeItem, ErrorResponse
 
 __all__ = ["create_app"]
 
@@ -89,5 +89,15 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     api = BillingApi(app)
     for module in (health, balance, funds, transactions, usage, pricing, stripe):
         api.register_blueprint(module.blp)
+    _document_deployment_bounds(api, settings)
+    api.spec.components.schema("BulkChargeItem", schema=BulkChargeItem)
     app.extensions["billing_limiter"] = rate_limits.init_app(app, settings)
     return app
+
+
+def _document_deployment_bounds(api: Api, settings: Settings) -> None:
+    """Write this deployment's top-up bounds into /openapi.json, so a client built from it
+    (or a fuzzer) knows which amounts create-checkout accepts."""
+    amount = api.spec.components.schemas["CheckoutRequest"]["properties"]["amount"]
+    amount.update(minimum=float(settings.min_topup), maximum=float(settings.max_topup),
+                  exclusiveMinimum=False)

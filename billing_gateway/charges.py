@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from billing_gateway import money
+from billing_gateway import money, text
 
 MAX_SMS_COUNT = 1_000_000
 MAX_BULK_ITEMS = 1000
@@ -51,6 +51,10 @@ def _text(item: dict[str, Any], name: str, max_length: int, errors: dict[str, li
     if not isinstance(value, str) or not 1 <= len(value) <= max_length:
         errors[name] = [f"Must be a string of 1 to {max_length} characters."]
         return None
+    problem = text.storage_problem(value)
+    if problem:
+        errors[name] = [problem]
+        return None
     return value
 
 
@@ -81,7 +85,7 @@ def parse_charge(item: Any) -> Charge | InvalidCharge:
     cost: Decimal | None = None
     if "costPerSms" in item:
         try:
-            cost = money.parse_amount(item["costPerSms"])
+            cost = money.parse_amount(item["costPerSms"], maximum=money.MAX_SMS_PRICE)
         except money.AmountError as exc:
             errors["costPerSms"] = [f"Amount {exc}."]
     message_id = _text(item, "messageId", 255, errors, required=True)

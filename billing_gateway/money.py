@@ -10,6 +10,9 @@ LEDGER_QUANTUM = Decimal(1).scaleb(-LEDGER_PLACES)
 # Largest single credit or debit accepted: far above any real top-up, far below the
 # numeric(18,4) column limit, so a sum of many can never overflow.
 MAX_AMOUNT = Decimal("1000000000")
+# Largest price per SMS: with at most 1,000,000 messages per charge, no charge can exceed
+# MAX_AMOUNT, so a well-formed charge is never refused for its size.
+MAX_SMS_PRICE = Decimal("1000")
 
 # Currencies whose minor unit is not 1/100, from Stripe's list of zero-decimal and
 # three-decimal currencies: https://docs.stripe.com/currencies#zero-decimal

@@ -8,20 +8,32 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
 
-from billing_gateway import charges, money
+from billing_gateway import charges, money, text
 from billing_gateway.ledger import CREDIT_TYPES, TRANSACTION_TYPES
 
 
 class Money(fields.Decimal):
-    """A positive exact amount, from a JSON number or a numeric string."""
+    """A positive exact amount, from a JSON number or a numeric string.
 
-    def __init__(self, *, places: int = money.LEDGER_PLACES, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    The bounds and precision are stated in /openapi.json as well (exclusive minimum 0,
+    maximum, multipleOf), so a client generating requests from it (schemathesis does)
+    never produces an amount the service refuses.
+    """
+
+    def __init__(self, *, places: int = money.LEDGER_PLACES,
+                 maximum: Decimal = money.MAX_AMOUNT, **kwargs: Any) -> None:
+        kwargs.setdefault("validate", validate.Range(min=Decimal(0), min_inclusive=False,
+                                                     max=maximum))
+        metadata = {"multipleOf": float(Decimal(1).scaleb(-places)), "exclusiveMinimum": True,
+                    **kwargs.pop("metadata", {})}
+        super().__init__(metadata=metadata, **kwargs)
         self.amount_places = places
+        self.amount_maximum = maximum
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Decimal:
         try:
-            return money.parse_amount(value, places=self.amount_places)
+            return money.parse_amount(value, places=self.amount_places,
+                                      maximum=self.amount_maximum)
         except money.AmountError as exc:
             raise ValidationError(f"Amount {exc}.") from exc
 
@@ -45,8 +57,20 @@ class UtcDateTime(fields.DateTime):
         return str(value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"))
 
 
+def _storable(value: str) -> None:
+    problem = text.storage_problem(value)
+    if problem:
+        raise ValidationError(problem)
+
+
+# The same rule for /openapi.json (no NUL; a lone surrogate is not valid JSON text anyway).
+_STORABLE_PATTERN = "^[^\\u0000]*$"
+
+
 def _text(max_length: int, **kwargs: Any) -> fields.String:
-    return fields.String(validate=validate.Length(min=1, max=max_length), **kwargs)
+    metadata = {"pattern": _STORABLE_PATTERN, **kwargs.pop("metadata", {})}
+    return fields.String(validate=[validate.Length(min=1, max=max_length), _storable],
+                         metadata=metadata, **kwargs)
 
 
 class OrgQuery(Schema):
@@ -118,7 +142,7 @@ class DeductRequest(Schema):
     org_id = fields.UUID(data_key="orgId", required=True)
     sms_count = fields.Integer(data_key="smsCount", required=True, strict=True,
                                validate=validate.Range(min=1, max=1_000_000))
-    cost_per_sms = Money(data_key="costPerSms", metadata={
+    cost_per_sms = Money(data_key="costPerSms", maximum=money.MAX_SMS_PRICE, metadata={
         "description": "Default: the org's price, else BILLING_DEFAULT_SMS_PRICE."})
     message_id = _text(255, data_key="messageId", required=True, metadata={
         "description": "Charged once: a repeat returns the original charge."})
@@ -137,12 +161,17 @@ class BulkChargeItem(DeductRequest):
 class BulkChargeList(fields.List):
     """The items of a bulk charge, each validated on its own (billing_gateway.charges).
 
-    A bad item becomes an `invalid` outcome instead of failing the request, so this field
-    does not run the nested schema; the nested schema is there for /openapi.json.
+    A bad item becomes an `invalid` outcome instead of failing the request, so the
+    description promises no shape for an item: any JSON value is taken, and answered.
+    The shape of a valid item is the BulkChargeItem component.
     """
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(fields.Nested(BulkChargeItem), **kwargs)
+        super().__init__(fields.Raw(metadata={
+            "description": "A charge with the fields of POST /deduct (components/schemas/"
+                           "BulkChargeItem). Anything else is answered with outcome invalid.",
+            "example": {"orgId": "3fa85f64-5717-4562-b3fc-2c963f66afa6", "smsCount": 1,
+                        "costPerSms": 0.0075, "messageId": "msg-1"}}), **kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         if not isinstance(value, list):
@@ -200,6 +229,7 @@ class PricingRequest(Schema):
     """An org's SMS price; null goes back to the deployment default."""
 
     sms_price = Money(data_key="smsPrice", required=True, allow_none=True,
+                      maximum=money.MAX_SMS_PRICE,
                       metadata={"example": 0.0075})
 
 

@@ -161,7 +161,7 @@ def test_price_is_the_items_then_the_orgs_then_the_default(
     ({"messageId": ""}, "messageId"), ({"messageId": 7}, "messageId"),
     ({"messageId": "x" * 256}, "messageId"), ({"campaignId": ""}, "campaignId"),
     ({"orgId": None}, "orgId"), ({"balance": 100}, "balance"),
-    ({"smsCount": 1_000_000, "costPerSms": 5000}, "smsCount"),
+    ({"smsCount": 1_000_000, "costPerSms": 5000}, "costPerSms"),
 ])
 def test_an_invalid_item_fails_only_itself(client: FlaskClient, auth: TokenFactory, credit,
                                            org: uuid.UUID, bad: dict, field: str) -> None:

@@ -72,6 +72,16 @@ def create_checkout(args: dict[str, Any]) -> Response:
 
 
 @blp.route("/stripe-webhook", methods=["POST"])
+@blp.doc(
+    # No JWT: the signature proves the sender (and a fuzzer cannot forge one).
+    security=[],
+    parameters=[{"in": "header", "name": "Stripe-Signature", "required": True,
+                 "schema": {"type": "string"},
+                 "description": "t=<unix time>,v1=<HMAC-SHA256 of \"{t}.{body}\">"}],
+    requestBody={"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "description": "A Stripe Event object, exactly as Stripe sent it.",
+        "required": ["id", "type", "data"]}}}},
+)
 @blp.response(200, WebhookAck)
 @blp.alt_response(400, description="Signature missing or wrong, or not a Stripe event.")
 @blp.alt_response(500, description="Processing failed and was rolled back; Stripe retries.")
