@@ -42,6 +42,7 @@ def test_the_service_matches_a_model_of_every_balance(
     client: FlaskClient, auth: TokenFactory, owner_conn: psycopg.Connection
 ) -> None:
     admin, service = auth("admin"), auth("service")
+    checked = {"steps": 0, "runs": 0}
 
     class Billing(RuleBasedStateMachine):
         """Two orgs, their balances, and everything that was sent."""
@@ -55,6 +56,7 @@ def test_the_service_matches_a_model_of_every_balance(
             self.payments: dict[str, dict[str, Any]] = {}    # PaymentIntent -> state
             self.sent: list[Callable[[], None]] = []         # replays of earlier requests
             self.messages = 0
+            checked["runs"] += 1
 
         # -- the model's rules, one per kind of write ----------------------------------
         def _charge(self, org: uuid.UUID, message: str, cost: Decimal) -> str:
@@ -207,6 +209,7 @@ def test_the_service_matches_a_model_of_every_balance(
         # -- after every step ----------------------------------------------------------
         @invariant()
         def balances_match_and_the_ledger_is_sound(self) -> None:
+            checked["steps"] += 1
             for org in self.orgs:
                 answer = client.get(f"/api/billing/balance?orgId={org}", headers=service)
                 assert answer.get_json()["balance"] == self.balance[org], org
@@ -215,3 +218,6 @@ def test_the_service_matches_a_model_of_every_balance(
     run_state_machine_as_test(Billing, settings=settings(
         max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,
         suppress_health_check=list(HealthCheck)))
+    # Reported in the test output (pytest -s) and docs/reliability.md.
+    print(f"stateful model: {checked['runs']} runs, {checked['steps']} checked steps")
+    assert checked["runs"] >= EXAMPLES and checked["steps"] > checked["runs"]
