@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg
 from flask import Flask, g, jsonify
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
@@ -142,6 +143,18 @@ def register_error_handlers(app: Flask) -> None:
         return error_response(exc.status, exc.code, exc.message, exc.fields)
 
     app.register_error_handler(HTTPException, handle_http_exception)
+
+    @app.errorhandler(psycopg.OperationalError)
+    def _database_lost(exc: psycopg.OperationalError) -> ResponseReturnValue:
+        # The connection broke mid-request (a database restart, a failover): nothing was
+        # committed that the caller cannot safely retry, so say "retry", not "bug".
+        log.warning("database connection lost in request %s: %s", g.get("request_id", "-"), exc)
+        response = jsonify({"error": {
+            "code": "service_unavailable",
+            "message": "The database connection was lost; retry the request"}})
+        response.status_code = 503
+        response.headers["Retry-After"] = "1"
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> ResponseReturnValue:
