@@ -88,3 +88,31 @@ def test_off_disables_limits(settings: Settings, auth: TokenFactory, org: uuid.U
                 for _ in range(20)} == {200}
     finally:
         app.extensions["billing_pool"].close()
+
+
+def _redis_reachable() -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", 6379), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _redis_reachable(), reason="no Redis on 127.0.0.1:6379 (CI has one)")
+def test_counters_in_redis_are_shared_by_every_app(settings: Settings, auth: TokenFactory,
+                                                   org: uuid.UUID) -> None:
+    """Two apps (two workers, or two machines) on one Redis share one budget."""
+    shared = settings.with_overrides(rate_limit="5/minute",
+                                     ratelimit_storage_uri="redis://127.0.0.1:6379/15")
+    apps = [create_app(shared), create_app(shared)]
+    member = auth("member", org, subject=f"redis-{uuid.uuid4()}")
+    try:
+        statuses = [apps[i % 2].test_client().get("/api/billing/balance",
+                                                  headers=member).status_code
+                    for i in range(6)]
+    finally:
+        for app in apps:
+            app.extensions["billing_pool"].close()
+    assert statuses == [200] * 5 + [429]
