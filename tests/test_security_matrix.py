@@ -164,3 +164,18 @@ def test_the_serving_role_is_bound_by_row_level_security(app: Flask) -> None:
     assert "billing_app" not in owners
     assert tables == {name: True for name in ORG_OWNED}
     assert unprotected == []
+
+
+@pytest.mark.parametrize("path,role", [("/api/billing/stripe-webhook", None),
+                                       ("/api/billing/deduct/bulk", "service"),
+                                       ("/api/billing/create-checkout", "member")])
+def test_bodies_over_one_mib_are_413(client: FlaskClient, auth: TokenFactory, org: uuid.UUID,
+                                     owner_conn: psycopg.Connection, path: str,
+                                     role: str | None) -> None:
+    headers = {"Content-Type": "application/json", "Stripe-Signature": "t=1,v1=00"}
+    if role:
+        headers.update(auth(role, org))
+    response = client.post(path, data=b'{"x": "' + b"a" * (1 << 20) + b'"}', headers=headers)
+    assert response.status_code == 413
+    assert response.get_json()["error"]["code"] == "payload_too_large"
+    assert owner_conn.execute("SELECT count(*) FROM stripe_events").fetchone() == (0,)
