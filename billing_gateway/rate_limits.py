@@ -68,7 +68,16 @@ def init_app(app: Flask, settings: Settings) -> Limiter:
                                 deduct_when=_failed_verification)
         app.view_functions[WEBHOOK_ENDPOINT] = limited(  # type: ignore[assignment]
             app.view_functions[WEBHOOK_ENDPOINT])
+    app.after_request(_retry_after_only_when_refused)
     return limiter
+
+
+def _retry_after_only_when_refused(response: Response) -> Response:
+    """flask-limiter's headers include Retry-After on every answer; it means "wait" and
+    belongs on a 429 only (the X-RateLimit-* headers stay, for clients that pace)."""
+    if response.status_code != 429:
+        response.headers.pop("Retry-After", None)
+    return response
 
 
 def _failed_verification(response: Response) -> bool:

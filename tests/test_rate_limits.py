@@ -27,9 +27,10 @@ def test_members_and_admins_get_429_with_retry_after(limited: Flask, auth: Token
                                                      org: uuid.UUID) -> None:
     client = limited.test_client()
     member = auth("member", org, subject="member-a")
-    statuses = [client.get("/api/billing/balance", headers=member).status_code
-                for _ in range(6)]
-    assert statuses == [200] * 5 + [429]
+    answers = [client.get("/api/billing/balance", headers=member) for _ in range(6)]
+    assert [a.status_code for a in answers] == [200] * 5 + [429]
+    assert "Retry-After" not in answers[0].headers
+    assert answers[0].headers["X-RateLimit-Remaining"] == "4"
     refused = client.get("/api/billing/balance", headers=member)
     assert refused.get_json()["error"]["code"] == "rate_limited"
     assert int(refused.headers["Retry-After"]) > 0
