@@ -48,6 +48,9 @@ def init_app(app: Flask, settings: Settings) -> Limiter:
         caller = _verified_role_and_subject(settings)
         return caller is not None and caller[0] == SERVICE
 
+    # Registered before the limiter's own hook, so it runs after it (Flask runs
+    # after_request functions in reverse order) and sees the headers it added.
+    app.after_request(_retry_after_only_when_refused)
     limiter = Limiter(
         key_func=caller_key,
         app=app,
@@ -68,7 +71,6 @@ def init_app(app: Flask, settings: Settings) -> Limiter:
                                 deduct_when=_failed_verification)
         app.view_functions[WEBHOOK_ENDPOINT] = limited(  # type: ignore[assignment]
             app.view_functions[WEBHOOK_ENDPOINT])
-    app.after_request(_retry_after_only_when_refused)
     return limiter
 
 

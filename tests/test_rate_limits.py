@@ -116,4 +116,5 @@ def test_counters_in_redis_are_shared_by_every_app(settings: Settings, auth: Tok
     finally:
         for app in apps:
             app.extensions["billing_pool"].close()
+            app.extensions["billing_limiter"].storage.storage.close()  # the Redis client
     assert statuses == [200] * 5 + [429]
