@@ -262,14 +262,12 @@ def signed_events(path: Path, count: int) -> None:
 
 # -- pgbench ------------------------------------------------------------------------------
 
-# Exactly what POST /deduct sends (billing_gateway/db.py tenant_transaction, ledger.debit),
-# as the same role (billing_app), with prepared statements as psycopg uses after five runs.
+# Exactly what POST /deduct (without an Idempotency-Key) sends: one statement, api_deduct
+# (sql/005), which sets the tenant itself, as the same role (billing_app), with prepared
+# statements as psycopg uses after five runs.
 PGBENCH_DEDUCT = """\\set n random(1, 1000000000000)
 \\set o {org_expr}
-BEGIN;
-SELECT set_config('billing.org_id', '00000000-0000-4000-8000-' || lpad(:o::text, 12, '0'), true), set_config('billing.caller', 'bench', true);
-SELECT transaction_id, balance, outcome FROM deduct_credits(('00000000-0000-4000-8000-' || lpad(:o::text, 12, '0'))::uuid, 0.0075, 1, 0.0075, 'pg-' || :client_id || '-' || :n, NULL, 'Sent 1 SMS', 'bench', NULL);
-COMMIT;
+SELECT transaction_id, balance, outcome, price, amount FROM api_deduct(('00000000-0000-4000-8000-' || lpad(:o::text, 12, '0'))::uuid, 'bench', 1, 0.0075, 0.0075, 'pg-' || :client_id || '-' || :n, NULL, NULL);
 """  # noqa: E501
 
 

@@ -57,18 +57,51 @@ def get_balance(conn: psycopg.Connection, org_id: UUID) -> Decimal:
     return balance
 
 
-def get_sms_price(conn: psycopg.Connection, org_id: UUID) -> Decimal | None:
-    """Return the org's own SMS price, or None when the deployment default applies."""
-    row = conn.execute("SELECT sms_price FROM organizations WHERE id = %s", (org_id,)).fetchone()
-    return None if row is None else row[0]
+def get_account(
+    conn: psycopg.Connection, org_id: UUID, caller: str
+) -> tuple[Decimal, Decimal | None]:
+    """Return the org's balance and own SMS price (zero and None for an org never seen).
+
+    One statement: api_account (sql/005) sets the tenant itself, so this runs on an
+    autocommit connection without BEGIN/COMMIT around it.
+    """
+    row = conn.execute("SELECT balance, sms_price FROM api_account(%s, %s)",
+                       (org_id, caller)).fetchone()
+    assert row is not None
+    return row[0], row[1]
 
 
-def get_account(conn: psycopg.Connection, org_id: UUID) -> tuple[Decimal, Decimal | None]:
-    """Return the org's balance and its own SMS price (zero and None for an org never seen)."""
+@dataclass(frozen=True, slots=True)
+class ChargeResult(LedgerResult):
+    """A charge's result (outcome debited, duplicate, insufficient_funds or too_large),
+    with the price used and the amount it came to."""
+
+    price: Decimal | None = None
+    amount: Decimal | None = None
+
+
+def charge(
+    conn: psycopg.Connection,
+    org_id: UUID,
+    *,
+    caller: str,
+    sms_count: int,
+    cost_per_sms: Decimal | None,
+    default_price: Decimal,
+    message_id: str,
+    campaign_id: str | None = None,
+    description: str | None = None,
+) -> ChargeResult:
+    """Charge sms_count messages in one statement (api_deduct, sql/005): price from the
+    request, else the org, else default_price; never below zero; once per message_id."""
     row = conn.execute(
-        "SELECT sms_balance, sms_price FROM organizations WHERE id = %s", (org_id,)
+        "SELECT transaction_id, balance, outcome, price, amount"
+        " FROM api_deduct(%s, %s, %s, %s, %s, %s, %s, %s)",
+        (org_id, caller, sms_count, cost_per_sms, default_price, message_id, campaign_id,
+         description),
     ).fetchone()
-    return (Decimal(0), None) if row is None else (row[0], row[1])
+    assert row is not None
+    return ChargeResult(*row)
 
 
 def set_sms_price(conn: psycopg.Connection, org_id: UUID, price: Decimal | None) -> None:

@@ -10,7 +10,7 @@ from flask import current_app
 from billing_gateway import ledger, money
 from billing_gateway.api import blueprint
 from billing_gateway.auth import ADMIN, MEMBER, SERVICE, current_caller, require_role, resolve_org
-from billing_gateway.db import get_db, tenant_transaction
+from billing_gateway.db import get_db
 from billing_gateway.schemas import BalanceQuery, BalanceResponse
 
 blp = blueprint("balance", "An organization's prepaid SMS credit balance.")
@@ -37,8 +37,8 @@ def get_balance(org_id: Any = None, required: Decimal | None = None) -> dict[str
     caller = current_caller()
     org = resolve_org(caller, org_id)
     settings = current_app.config["BILLING_SETTINGS"]
-    with tenant_transaction(get_db(), org, caller.subject) as conn:
-        balance, sms_price = ledger.get_account(conn, org)
+    # One statement on the autocommit connection: api_account sets the tenant itself.
+    balance, sms_price = ledger.get_account(get_db(), org, caller.subject)
     payload = balance_payload(balance, settings.currency)
     payload["sms_price"] = sms_price or settings.default_sms_price
     if required is not None:

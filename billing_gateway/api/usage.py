@@ -6,13 +6,15 @@ from collections import Counter
 from decimal import Decimal
 from typing import Any
 
-from flask import Response, current_app
+import psycopg
+from flask import Response, current_app, request
 
 from billing_gateway import ledger, money
 from billing_gateway.api import blueprint
-from billing_gateway.api.ledger_write import ledger_write
+from billing_gateway.api.ledger_write import LedgerWrite, ledger_write
 from billing_gateway.auth import ADMIN, SERVICE, current_caller, require_role
 from billing_gateway.charges import Charge, InvalidCharge
+from billing_gateway.db import get_db
 from billing_gateway.errors import InsufficientFunds, NotFound, ValidationFailed
 from billing_gateway.schemas import (
     BulkChargeRequest,
@@ -28,15 +30,6 @@ _RESPONSE = DeductResponse()
 _REFUND_RESPONSE = LedgerWriteResponse()
 
 
-def sms_cost(sms_count: int, price: Decimal) -> Decimal:
-    """Return the exact cost of sms_count messages at price (at most 4 decimals, no rounding)."""
-    cost = price * sms_count
-    if cost > money.MAX_AMOUNT:
-        raise ValidationFailed("The charge is too large",
-                               fields={"smsCount": ["smsCount x costPerSms is too large."]})
-    return cost
-
-
 @blp.route("/deduct", methods=["POST"])
 @require_role(SERVICE)
 @blp.arguments(DeductRequest)
@@ -44,27 +37,33 @@ def sms_cost(sms_count: int, price: Decimal) -> Decimal:
 @blp.alt_response(402, description="The balance does not cover the charge; nothing is charged.")
 def deduct(args: dict[str, Any]) -> Response:
     """Charge smsCount x costPerSms once per messageId; never below zero."""
-    default_price = current_app.config["BILLING_SETTINGS"].default_sms_price
-    org = args["org_id"]
+    settings = current_app.config["BILLING_SETTINGS"]
+    org, caller = args["org_id"], current_caller().subject
+
+    def charge(conn: psycopg.Connection) -> ledger.ChargeResult:
+        result = ledger.charge(
+            conn, org, caller=caller, sms_count=args["sms_count"],
+            cost_per_sms=args.get("cost_per_sms"), default_price=settings.default_sms_price,
+            message_id=args["message_id"], campaign_id=args.get("campaign_id"),
+            description=args.get("description"))
+        if result.outcome == "too_large":
+            raise ValidationFailed("The charge is too large",
+                                   fields={"smsCount": ["smsCount x costPerSms is too large."]})
+        if result.outcome == "insufficient_funds":
+            # Nothing was written; with an Idempotency-Key, raising also frees the key.
+            raise InsufficientFunds(
+                f"Balance {money.format_number(result.balance)} does not cover "
+                f"the charge of {money.format_number(result.amount or Decimal(0))}")
+        return result
+
+    if request.headers.get("Idempotency-Key") is None:
+        # The hot path: one statement on the autocommit connection (sql/005 api_deduct).
+        return LedgerWrite(conn=get_db(), caller=caller, key=None).created(
+            charge(get_db()), _RESPONSE)
     with ledger_write(org) as write:
         if write.replay is not None:
             return write.replay
-        price = (args.get("cost_per_sms") or ledger.get_sms_price(write.conn, org)
-                 or default_price)
-        cost = sms_cost(args["sms_count"], price)
-        result = ledger.debit(
-            write.conn, org, cost,
-            sms_count=args["sms_count"], cost_per_sms=price,
-            message_id=args["message_id"], campaign_id=args.get("campaign_id"),
-            description=args.get("description") or f"Sent {args['sms_count']} SMS",
-            created_by=current_caller().subject,
-        )
-        if result.outcome == "insufficient_funds":
-            # Raising rolls the transaction back: nothing is charged, the key stays free.
-            raise InsufficientFunds(
-                f"Balance {money.format_number(result.balance)} does not cover "
-                f"the charge of {money.format_number(cost)}")
-        return write.created(result, _RESPONSE)
+        return write.created(charge(write.conn), _RESPONSE)
 
 
 def _bulk_result(index: int, item: Charge | InvalidCharge,
