@@ -72,7 +72,9 @@ def require_role(*roles: str) -> Callable[[F], F]:
     def decorator(view: F) -> F:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            verify_jwt_in_request()
+            if g.get("_jwt_extended_jwt") is None:
+                # Not verified yet in this request (the rate limiter may have done it).
+                verify_jwt_in_request()
             caller = current_caller()
             if caller.role not in roles:
                 raise Forbidden(f"Role {caller.role!r} may not do this")
