@@ -295,6 +295,88 @@ def run_pgbench(dsn: str, seconds: float, spread: bool, workdir: Path) -> Result
                   requests=len(latencies), errors=failed)
 
 
+# -- how cost grows (the full run only) ---------------------------------------------------
+
+CURVE_SIZES = (10_000, 100_000, 1_000_000)
+
+
+def growth_curves(dsn: str, wrk: str, base: str, token: str, workdir: Path,
+                  history_rows: int, run_id: str) -> dict[str, list[list[float]]]:
+    """History p50/p99 against table size, deduct throughput against concurrency, bulk
+    throughput against batch size; 2 s per point."""
+    from bench.history_page import seed as seed_history
+
+    curves: dict[str, list[list[float]]] = {"history_first_page": [],
+                                            "history_middle_page": [],
+                                            "deduct_by_connections": [],
+                                            "bulk_by_batch": []}
+    sizes = [(n, org_uuid(900_000 + i)) for i, n in enumerate(CURVE_SIZES)]
+    with psycopg.connect(dsn, autocommit=True) as owner:
+        for n, org in sizes:
+            seed_history(owner, uuid.UUID(org), n)
+    for n, org in [*sizes, (history_rows, HISTORY_ORG)]:
+        for key, query in (("history_first_page", "limit=50"),
+                           ("history_middle_page", f"limit=50&offset={n // 2}")):
+            report = run_wrk(wrk, f"{base}/api/billing/transactions?orgId={org}&{query}", 2,
+                             token, "", workdir, connections=2)
+            curves[key].append([n, report["p50_us"] / 1000, report["p99_us"] / 1000])
+    for connections in (1, 2, 4, 8, 16, 32):
+        report = run_wrk(wrk, f"{base}/api/billing/deduct", 2, token,
+                         f"SPREAD = {SPREAD_ORGS}\nRUN = \"{run_id}c{connections}\"\n"
+                         + LUA_DEDUCT, workdir, connections=connections)
+        result = wrk_result("", report)
+        curves["deduct_by_connections"].append([connections, result.throughput,
+                                                result.p99_ms or 0.0])
+    for batch in (1, 10, 100, 1000):
+        report = run_wrk(wrk, f"{base}/api/billing/deduct/bulk", 2, token,
+                         f"BATCH = {batch}\nRUN = \"{run_id}b{batch}\"\n" + LUA_BULK,
+                         workdir, connections=4)
+        result = wrk_result("", report, per_request=batch)
+        curves["bulk_by_batch"].append([batch, result.throughput, result.p99_ms or 0.0])
+    return curves
+
+
+def draw(curves: dict[str, list[list[float]]], path: Path) -> None:
+    """The three growth curves in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    ax = axes[0]
+    for key, label in (("history_first_page", "first page"),
+                       ("history_middle_page", "page at offset n/2")):
+        xs = [p[0] for p in curves[key]]
+        ax.plot(xs, [p[1] for p in curves[key]], marker="o", label=f"{label}, p50")
+        ax.plot(xs, [p[2] for p in curves[key]], marker="x", linestyle="--",
+                label=f"{label}, p99")
+    ax.set_xscale("log")
+    ax.set_xlabel("transactions of the org")
+    ax.set_ylabel("ms per GET /transactions")
+    ax.set_title("History page time against table size")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    points = curves["deduct_by_connections"]
+    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("concurrent connections")
+    ax.set_ylabel("charges per second")
+    ax.set_title("POST /deduct (spread) against concurrency")
+    ax.set_ylim(bottom=0)
+    ax = axes[2]
+    points = curves["bulk_by_batch"]
+    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
+    ax.set_xscale("log")
+    ax.set_xlabel("charges per request")
+    ax.set_ylabel("charges per second")
+    ax.set_title("POST /deduct/bulk against batch size")
+    ax.set_ylim(bottom=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 # -- the run ------------------------------------------------------------------------------
 
 def main() -> int:
@@ -304,6 +386,8 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="seconds; for CI")
     parser.add_argument("--seconds", type=float, help="per measurement")
     parser.add_argument("--history-rows", type=int)
+    parser.add_argument("--no-curves", action="store_true",
+                        help="skip the growth curves (the full run draws them)")
     args = parser.parse_args()
     seconds = args.seconds or (1 if args.smoke else 5 if args.quick else 15)
     history_rows = args.history_rows or (20_000 if args.smoke else 2_000_000)
@@ -373,6 +457,8 @@ def main() -> int:
                 wrk, f"{base}/api/billing/stripe-webhook", seconds, None,
                 lua(LUA_WEBHOOK, EVENTS=str(events), PER_THREAD=per_thread), workdir),
                 unit="events/s"))
+            curves = ({} if args.quick or args.smoke or args.no_curves else
+                      growth_curves(dsn, wrk, base, sms, workdir, history_rows, run_id))
             with psycopg.connect(dsn) as conn:
                 credited = conn.execute(
                     "SELECT count(*) FROM billing_transactions WHERE type = 'purchase'"
@@ -425,8 +511,10 @@ def main() -> int:
         "results": [asdict(r) for r in results], "targets": rows,
         "worker_rss_mb": [round(x, 1) for x in rss], "webhook_events_credited": credited,
         "history_totals_exact": bool(total_check), "ledger_violations": violations,
-        "wall_seconds": round(time.monotonic() - started, 1),
+        "curves": curves, "wall_seconds": round(time.monotonic() - started, 1),
     }
+    if curves:
+        draw(curves, HERE.parent / "docs" / "performance.png")
     (HERE / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
     table = markdown(payload)
     (HERE / "results.md").write_text(table)
@@ -455,6 +543,22 @@ def markdown(payload: dict[str, Any]) -> str:
               f" {payload['history_totals_exact']}; ledger invariants:"
               f" {'sound' if not payload['ledger_violations'] else payload['ledger_violations']}",
               ""]
+    curves = payload.get("curves") or {}
+    if curves:
+        lines += ["How cost grows (2 s per point; chart: docs/performance.png):", "",
+                  "| history rows | first page p50 / p99 ms | page at n/2 p50 / p99 ms |",
+                  "|---:|---:|---:|"]
+        for first, middle in zip(curves["history_first_page"], curves["history_middle_page"],
+                                 strict=True):
+            lines.append(f"| {first[0]:,.0f} | {first[1]:.2f} / {first[2]:.2f} |"
+                         f" {middle[1]:.2f} / {middle[2]:.2f} |")
+        lines += ["", "| connections | POST /deduct (spread) charges/s | p99 ms |",
+                  "|---:|---:|---:|"]
+        lines += [f"| {c:.0f} | {t:,.0f} | {p:.2f} |" for c, t, p in
+                  curves["deduct_by_connections"]]
+        lines += ["", "| charges per bulk request | charges/s | p99 ms |", "|---:|---:|---:|"]
+        lines += [f"| {b:,.0f} | {t:,.0f} | {p:.2f} |" for b, t, p in curves["bulk_by_batch"]]
+        lines.append("")
     return "\n".join(lines)
 
 
