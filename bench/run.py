@@ -222,7 +222,8 @@ def run_wrk(wrk: str, url: str, seconds: float, token: str | None, script: str,
     """Run wrk with a Lua script; return its done() JSON."""
     path = workdir / f"s{time.monotonic_ns()}.lua"
     path.write_text(LUA_COMMON + script)
-    command = [wrk, "-t", str(min(2, connections)), "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
+    command = [wrk, "-t", str(min(2, connections)), "-c", str(connections),
+               "-d", f"{max(1, round(seconds))}s",
                "--latency", "-s", str(path), url]
     if token:
         command[1:1] = ["-H", f"Authorization: Bearer {token}"]
