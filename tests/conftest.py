@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -146,3 +147,18 @@ def credit(client: FlaskClient, auth: TokenFactory) -> Callable[..., dict]:
         return response.get_json()
 
     return add
+
+
+@contextmanager
+def ledger_inserts_fail(owner_conn: psycopg.Connection, reason: str) -> Iterator[None]:
+    """A real failure inside PostgreSQL: while open, every ledger insert raises `reason`."""
+    owner_conn.execute(f"""
+        CREATE FUNCTION test_insert_fails() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION '{reason}'; END $$;
+        CREATE TRIGGER test_insert_fails BEFORE INSERT ON billing_transactions
+            FOR EACH ROW EXECUTE FUNCTION test_insert_fails();""".encode())
+    try:
+        yield
+    finally:
+        owner_conn.execute("DROP TRIGGER test_insert_fails ON billing_transactions;"
+                           " DROP FUNCTION test_insert_fails();")

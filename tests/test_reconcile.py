@@ -18,7 +18,7 @@ from flask.testing import FlaskClient
 from billing_gateway import cli, reconcile
 from billing_gateway.config import Settings
 from tests import stripe_objects as so
-from tests.conftest import STRIPE_TEST_KEY
+from tests.conftest import STRIPE_TEST_KEY, ledger_inserts_fail
 from tests.test_stripe_webhook import balance, deliver
 
 INTENTS = "https://api.stripe.com/v1/payment_intents"
@@ -90,17 +90,9 @@ def test_reconcile_processes_failed_events_and_reports_what_it_cannot_repair(
     client: FlaskClient, settings: Settings, database_url: str, stripe_api: responses.RequestsMock,
     org: uuid.UUID, owner_conn: psycopg.Connection,
 ) -> None:
-    owner_conn.execute("""
-        CREATE FUNCTION fail_now() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN RAISE EXCEPTION 'outage (simulated)'; END $$;
-        CREATE TRIGGER fail_now BEFORE INSERT ON billing_transactions
-            FOR EACH ROW EXECUTE FUNCTION fail_now();""")
     failed = so.payment_intent(org=org, amount=3000)
-    try:
+    with ledger_inserts_fail(owner_conn, "outage (simulated)"):
         assert deliver(client, so.event("payment_intent.succeeded", failed)).status_code == 500
-    finally:
-        owner_conn.execute("DROP TRIGGER fail_now ON billing_transactions;"
-                           " DROP FUNCTION fail_now();")
     foreign = so.payment_intent(org=org, amount=1000, currency="eur")
     StripeIntents(stripe_api, [foreign])
     lines: list[str] = []

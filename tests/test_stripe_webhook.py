@@ -17,7 +17,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tests import stripe_objects as so
-from tests.conftest import WEBHOOK_SECRET, WEBHOOK_SECRET_OLD, TokenFactory
+from tests.conftest import WEBHOOK_SECRET, WEBHOOK_SECRET_OLD, TokenFactory, ledger_inserts_fail
 
 WEBHOOK = "/api/billing/stripe-webhook"
 
@@ -377,14 +377,8 @@ def test_dispute_before_the_credit_is_applied_when_it_lands(
 def test_database_failure_rolls_back_answers_500_then_the_retry_credits_once(
     client: FlaskClient, org: uuid.UUID, owner_conn: psycopg.Connection
 ) -> None:
-    # A real failure inside PostgreSQL, mid-processing: the ledger insert raises.
-    owner_conn.execute("""
-        CREATE FUNCTION fail_once() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN RAISE EXCEPTION 'disk full (simulated)'; END $$;
-        CREATE TRIGGER fail_once BEFORE INSERT ON billing_transactions
-            FOR EACH ROW EXECUTE FUNCTION fail_once();""")
     evt = succeeded(org, 4200)
-    try:
+    with ledger_inserts_fail(owner_conn, "disk full (simulated)"):
         response = deliver(client, evt)
         assert response.status_code == 500
         assert response.get_json()["error"]["code"] == "internal_error"
@@ -392,9 +386,6 @@ def test_database_failure_rolls_back_answers_500_then_the_retry_credits_once(
         stored = owner_conn.execute("SELECT outcome, processed_at, error FROM stripe_events"
                                     " WHERE id = %s", (evt["id"],)).fetchone()
         assert stored[0] == "failed" and stored[1] is None and "disk full" in stored[2]
-    finally:
-        owner_conn.execute("DROP TRIGGER fail_once ON billing_transactions;"
-                           " DROP FUNCTION fail_once();")
     assert deliver(client, evt).status_code == 200
     assert deliver(client, evt).status_code == 200
     assert balance(owner_conn, org) == Decimal("42.00")
