@@ -17,7 +17,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.scratch import free_port, stripe_signature, succeeded_event
 from billing_gateway import embedded
 from billing_gateway.auth import issue_token
 from billing_gateway.config import Settings
@@ -81,21 +81,6 @@ class Report:
                 and self.worker_killed is not None)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _sign(body: bytes) -> str:
-    import hashlib
-    import hmac
-
-    t = int(time.time())
-    mac = hmac.new(WEBHOOK_SECRET.encode(), f"{t}.".encode() + body, hashlib.sha256)
-    return f"t={t},v1={mac.hexdigest()}"
-
-
 def _requests_for(orgs: list[uuid.UUID], tokens: dict[str, str], rng: random.Random,
                   count: int) -> list[Request]:
     made = []
@@ -116,13 +101,8 @@ def _requests_for(orgs: list[uuid.UUID], tokens: dict[str, str], rng: random.Ran
             made.append(Request(kind, "/api/billing/add-funds", json.dumps(body).encode(),
                                 headers))
         else:
-            event = {"id": f"evt_crash_{i}", "object": "event", "type": "payment_intent.succeeded",
-                     "data": {"object": {
-                         "id": f"pi_crash_{i}", "object": "payment_intent", "amount": 500,
-                         "amount_received": 500, "currency": "usd", "status": "succeeded",
-                         "metadata": {"source": "billing-gateway", "org_id": str(org)}}}}
-            made.append(Request(kind, "/api/billing/stripe-webhook",
-                                json.dumps(event).encode(), {}))
+            event = succeeded_event(f"evt_crash_{i}", f"pi_crash_{i}", org)
+            made.append(Request(kind, "/api/billing/stripe-webhook", event.encode(), {}))
     return made
 
 
@@ -130,7 +110,7 @@ def _send(base: str, request: Request, session: requests.Session) -> str:
     """Send once; return 'ok' or why not."""
     headers = {"Content-Type": "application/json", **request.headers}
     if request.kind == "webhook":
-        headers["Stripe-Signature"] = _sign(request.body)
+        headers["Stripe-Signature"] = stripe_signature(request.body, WEBHOOK_SECRET)
     try:
         response = session.post(base + request.path, data=request.body, headers=headers,
                                 timeout=10)
@@ -161,7 +141,7 @@ def run(seconds: float = 20.0, clients: int = 8, seed: int = 7,
             owner.execute("SELECT add_credits(%s, 100000, 'bonus')", (org,))
     tokens = {role: issue_token(settings, org_id=None, role=role, subject=f"crash-{role}")
               for role in ("service", "admin")}
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "DATABASE_URL": dsn, "BILLING_JWT_SECRET": SECRET,
            "BILLING_ENV": "production", "BILLING_RATE_LIMIT": "off",
            "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET}

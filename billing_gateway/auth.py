@@ -72,7 +72,7 @@ def require_role(*roles: str) -> Callable[[F], F]:
     def decorator(view: F) -> F:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if g.get("_jwt_extended_jwt") is None:
+            if "caller" not in g:
                 # Not verified yet in this request (the rate limiter may have done it).
                 verify_jwt_in_request()
             caller = current_caller()

@@ -16,8 +16,8 @@ from billing_gateway.errors import ServiceUnavailable
 APP_ROLE = "billing_app"
 
 
-def _configure(conn: psycopg.Connection) -> None:
-    """Drop to the RLS-bound role for the connection's whole life in the pool."""
+def as_app_role(conn: psycopg.Connection) -> None:
+    """Drop to the RLS-bound role for the connection's whole life (the pool's, reconcile's)."""
     conn.execute(f"SET ROLE {APP_ROLE}")
 
 
@@ -35,7 +35,7 @@ def make_pool(
         max_size=max_size,
         timeout=timeout,
         kwargs={"autocommit": True},
-        configure=_configure,
+        configure=as_app_role,
         open=False,
         name="billing",
     )

@@ -11,11 +11,11 @@ https://flask-limiter.readthedocs.io/en/stable/
 from __future__ import annotations
 
 from flask import Flask, Response, g
-from flask_jwt_extended import get_jwt, verify_jwt_in_request
+from flask_jwt_extended import verify_jwt_in_request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
-from billing_gateway.auth import SERVICE, caller_from_claims
+from billing_gateway.auth import SERVICE, Caller, current_caller
 from billing_gateway.config import Settings
 
 # Probes and the API description: never limited (load balancers poll them).
@@ -23,17 +23,16 @@ PUBLIC_ENDPOINTS = ("health.healthz", "health.readyz", "api-docs.openapi_json")
 WEBHOOK_ENDPOINT = "stripe.stripe_webhook"
 
 
-def _verified_role_and_subject(settings: Settings) -> tuple[str, str] | None:
-    """The caller's role and subject when the request carries a valid token, else None."""
+def _verified_caller() -> Caller | None:
+    """The request's caller when it carries a valid token, else None (the view answers 401)."""
     if "rate_caller" not in g:
         try:
             verify_jwt_in_request()
-            caller = caller_from_claims(get_jwt(), settings)
-            g.rate_caller = (caller.role, caller.subject)
-        except Exception:  # no token, or a bad one: the view answers 401 itself
+            g.rate_caller = current_caller()  # cached in g: require_role will not verify again
+        except Exception:  # no token, or a bad one
             g.rate_caller = None
-    result: tuple[str, str] | None = g.rate_caller
-    return result
+    caller: Caller | None = g.rate_caller
+    return caller
 
 
 def init_app(app: Flask, settings: Settings) -> Limiter:
@@ -41,12 +40,12 @@ def init_app(app: Flask, settings: Settings) -> Limiter:
     enabled = settings.rate_limit.strip().lower() != "off"
 
     def caller_key() -> str:
-        caller = _verified_role_and_subject(settings)
-        return f"sub:{caller[1]}" if caller else f"addr:{get_remote_address()}"
+        caller = _verified_caller()
+        return f"sub:{caller.subject}" if caller else f"addr:{get_remote_address()}"
 
     def exempt() -> bool:
-        caller = _verified_role_and_subject(settings)
-        return caller is not None and caller[0] == SERVICE
+        caller = _verified_caller()
+        return caller is not None and caller.role == SERVICE
 
     # Registered before the limiter's own hook, so it runs after it (Flask runs
     # after_request functions in reverse order) and sees the headers it added.

@@ -18,7 +18,7 @@ import psycopg
 
 from billing_gateway import payments, stripe_events, stripe_gateway
 from billing_gateway.config import Settings
-from billing_gateway.db import APP_ROLE, stripe_transaction
+from billing_gateway.db import as_app_role, stripe_transaction
 
 _SPAN = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -49,7 +49,7 @@ def run(settings: Settings, dsn: str, since: dt.timedelta,
     report = Report()
     created_after = int(time.time() - since.total_seconds())
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"SET ROLE {APP_ROLE}")
+        as_app_role(conn)
         intents = client.v1.payment_intents.list({"created": {"gte": created_after},
                                                   "limit": 100})
         for intent in intents.auto_paging_iter():

@@ -84,6 +84,15 @@ def _claim(conn: psycopg.Connection, event: dict[str, Any]) -> bool:
     return claimed is not None
 
 
+def _minor_units(obj: dict[str, Any], field: str) -> int:
+    """A Stripe amount: an integer of minor units. Anything else fails the event (stored,
+    retried, reported by reconcile) rather than being truncated into a credit."""
+    value = obj[field]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{field} is not an integer amount: {value!r}")
+    return value
+
+
 def _payment_intent_id(value: Any) -> str | None:
     """A PaymentIntent reference: an id, or an expanded object."""
     if isinstance(value, dict):
@@ -113,7 +122,7 @@ def apply(conn: psycopg.Connection, event: dict[str, Any],
         if org is None:
             return "ignored_not_ours", obj.get("id")
         return payments.credit_payment(
-            conn, obj["id"], org, int(obj["amount_received"]), obj["currency"],
+            conn, obj["id"], org, _minor_units(obj, "amount_received"), obj["currency"],
             settlement_currency=settlement_currency, origin=event["id"]), obj["id"]
     if kind in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
         org = tagged_org(obj.get("metadata"))
@@ -124,7 +133,7 @@ def apply(conn: psycopg.Connection, event: dict[str, Any],
         if obj.get("payment_status") != "paid" or intent is None:
             return "awaiting_payment", intent
         return payments.credit_payment(
-            conn, intent, org, int(obj["amount_total"]), obj["currency"],
+            conn, intent, org, _minor_units(obj, "amount_total"), obj["currency"],
             settlement_currency=settlement_currency, origin=event["id"]), intent
     if kind in ("checkout.session.async_payment_failed", "checkout.session.expired"):
         _update_session(conn, obj, "expired" if kind.endswith("expired") else "payment_failed")
@@ -133,12 +142,14 @@ def apply(conn: psycopg.Connection, event: dict[str, Any],
         intent = _payment_intent_id(obj.get("payment_intent"))
         if intent is None:
             return "ignored_no_payment_intent", None
-        return payments.record_refund(conn, intent, int(obj["amount_refunded"])), intent
+        return payments.record_refund(conn, intent, _minor_units(obj, "amount_refunded")), intent
     if kind == "charge.dispute.closed":
         intent = _payment_intent_id(obj.get("payment_intent"))
         if obj.get("status") != "lost" or intent is None:
             return f"dispute_{obj.get('status')}", intent
-        return payments.record_lost_dispute(conn, obj["id"], intent, int(obj["amount"])), intent
+        outcome = payments.record_lost_dispute(conn, obj["id"], intent,
+                                               _minor_units(obj, "amount"))
+        return outcome, intent
     return "ignored_event_type", None
 
 
