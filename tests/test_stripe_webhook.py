@@ -409,3 +409,13 @@ def test_minor_units_follow_the_currency_exponent(settings: Any, org: uuid.UUID,
     finally:
         app.extensions["billing_pool"].close()
     assert balance(owner_conn, org) == expected
+
+
+def test_an_amount_that_is_not_an_integer_is_never_credited(
+    client: FlaskClient, org: uuid.UUID, owner_conn: psycopg.Connection
+) -> None:
+    evt = succeeded(org, 5000)
+    evt["data"]["object"]["amount_received"] = 5000.9  # minor units are integers
+    assert deliver(client, evt).status_code == 500
+    assert balance(owner_conn, org) == 0
+    owner_conn.execute("DELETE FROM stripe_events WHERE id = %s", (evt["id"],))
