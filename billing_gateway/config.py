@@ -47,8 +47,17 @@ class Settings:
     ratelimit_storage_uri: str = "memory://"
     pool_min_size: int = 1
     pool_max_size: int = 10
-    pool_timeout: float = 5.0
+    # How long a request waits for a pooled connection before answering 503 + Retry-After.
+    pool_timeout: float = 2.0
     max_content_length: int = 1024 * 1024
+    # Stripe calls: a short timeout and few retries, so a slow Stripe answers within seconds.
+    stripe_timeout: float = 5.0
+    stripe_max_retries: int = 1
+    # Requests waiting on Stripe at once, per worker process; beyond it 503 + Retry-After,
+    # so a slow Stripe can never take every thread from charges and balance reads.
+    stripe_concurrency: int = 2
+    # Reverse proxies in front of the service whose X-Forwarded-For is trusted (ProxyFix).
+    trusted_proxies: int = 0
 
     @property
     def is_production(self) -> bool:
@@ -71,16 +80,28 @@ def _decimal(env: Mapping[str, str], name: str, default: str) -> Decimal:
     return value
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 1) -> int:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    if not raw.strip().isascii() or not raw.strip().isdigit():
+        raise ConfigError(f"{name}={raw!r} is not a whole number")
+    value = int(raw)
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw is None:
         return default
     try:
-        value = int(raw)
+        value = float(raw)
     except ValueError as exc:
-        raise ConfigError(f"{name}={raw!r} is not an integer") from exc
-    if value < 1:
-        raise ConfigError(f"{name}={raw!r} must be at least 1")
+        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from exc
+    if not 0 < value <= 600:
+        raise ConfigError(f"{name}={raw!r} must be between 0 and 600 seconds")
     return value
 
 
@@ -163,6 +184,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ratelimit_storage_uri=env.get("RATELIMIT_STORAGE_URI", "memory://"),
         pool_min_size=_int(env, "BILLING_DB_POOL_MIN", 1),
         pool_max_size=_int(env, "BILLING_DB_POOL_MAX", 10),
+        pool_timeout=_seconds(env, "BILLING_DB_POOL_TIMEOUT", 2.0),
+        stripe_timeout=_seconds(env, "STRIPE_TIMEOUT", 5.0),
+        stripe_max_retries=_int(env, "STRIPE_MAX_RETRIES", 1, minimum=0),
+        stripe_concurrency=_int(env, "BILLING_STRIPE_CONCURRENCY", 2),
+        trusted_proxies=_int(env, "BILLING_TRUSTED_PROXIES", 0, minimum=0),
     )
 
 

@@ -109,10 +109,18 @@ def get_db() -> psycopg.Connection:
     return conn
 
 
-def _return_connection(_exc: BaseException | None) -> None:
+def release_db() -> None:
+    """Give this request's connection back to the pool now, before waiting on another service.
+
+    A request that then needs the database again borrows a connection afresh (get_db).
+    """
     conn = g.pop("db", None)
     if conn is not None:
         get_pool().putconn(conn)
+
+
+def _return_connection(_exc: BaseException | None) -> None:
+    release_db()
 
 
 def init_app(app: Flask, dsn: str, *, min_size: int, max_size: int, timeout: float) -> None:
