@@ -7,10 +7,16 @@ import secrets
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 
-from billing_gateway.money import LEDGER_PLACES, currency_exponent
+from billing_gateway.money import (
+    LEDGER_PLACES,
+    AmountError,
+    currency_exponent,
+    parse_decimal_text,
+    parse_whole_number,
+)
 
 DEV_SECRET_FILE = "jwt-secret"  # noqa: S105  # a file name, not a secret
 MIN_SECRET_LENGTH = 32
@@ -72,10 +78,10 @@ class Settings:
 def _decimal(env: Mapping[str, str], name: str, default: str) -> Decimal:
     raw = env.get(name, default)
     try:
-        value = Decimal(raw)
-    except InvalidOperation as exc:
+        value = parse_decimal_text(raw.strip())
+    except AmountError as exc:
         raise ConfigError(f"{name}={raw!r} is not a decimal number") from exc
-    if not value.is_finite() or value <= 0:
+    if value <= 0:
         raise ConfigError(f"{name}={raw!r} must be a positive number")
     return value
 
@@ -84,9 +90,10 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 1) -
     raw = env.get(name)
     if raw is None:
         return default
-    if not raw.strip().isascii() or not raw.strip().isdigit():
-        raise ConfigError(f"{name}={raw!r} is not a whole number")
-    value = int(raw)
+    try:
+        value = parse_whole_number(raw.strip())
+    except AmountError as exc:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from exc
     if value < minimum:
         raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
     return value

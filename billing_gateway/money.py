@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from decimal import ROUND_DOWN, Decimal, InvalidOperation
+import re
+from decimal import ROUND_DOWN, Decimal
 
 # The ledger keeps 4 decimal places (sub-cent SMS prices); top-ups are whole minor units.
 LEDGER_PLACES = 4
@@ -26,6 +27,30 @@ _SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£", "jpy": "¥", "inr": "₹"}
 
 class AmountError(ValueError):
     """An input amount that the ledger refuses, with the reason for the caller."""
+
+
+# What a number written as text may look like: ASCII digits, one optional sign, one
+# optional decimal point, an optional exponent; nothing else. Python's Decimal() and int()
+# are more generous: they take any script's digits (fullwidth, Arabic-Indic, Devanagari...)
+# and "_" separators ("0_01" is 1), so they only ever see text this pattern has accepted.
+_DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_WHOLE_NUMBER_TEXT = re.compile(r"[0-9]+")
+# Longer text is no real amount or count, and bounds the work of parsing it.
+MAX_NUMBER_TEXT = 40
+
+
+def parse_decimal_text(text: str) -> Decimal:
+    """Read a decimal number written as text, strictly (see _DECIMAL_TEXT)."""
+    if len(text) > MAX_NUMBER_TEXT or not _DECIMAL_TEXT.fullmatch(text):
+        raise AmountError("must be a decimal number")
+    return Decimal(text)
+
+
+def parse_whole_number(text: str) -> int:
+    """Read a non-negative whole number written as text in ASCII digits (a query's limit)."""
+    if len(text) > MAX_NUMBER_TEXT or not _WHOLE_NUMBER_TEXT.fullmatch(text):
+        raise AmountError("must be a whole number")
+    return int(text)
 
 
 def currency_exponent(currency: str) -> int:
@@ -55,13 +80,7 @@ def parse_amount(
     elif isinstance(value, Decimal):
         amount = value
     elif isinstance(value, str):
-        text = value.strip()
-        if not text or len(text) > 40:
-            raise AmountError("must be a decimal number")
-        try:
-            amount = Decimal(text)
-        except InvalidOperation as exc:
-            raise AmountError("must be a decimal number") from exc
+        amount = parse_decimal_text(value)
     else:
         raise AmountError("must be a number")
     if not amount.is_finite():

@@ -48,6 +48,19 @@ class MoneyOut(fields.Decimal):
         return None if value is None else money.to_number(value)
 
 
+class WholeNumber(fields.Integer):
+    """A whole number from a query string: ASCII digits only (int() takes any script's and "_")."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, str):
+            try:
+                value = money.parse_whole_number(value)
+            except money.AmountError as exc:
+                raise ValidationError("Not a valid integer.") from exc
+        result: int = super()._deserialize(value, attr, data, **kwargs)
+        return result
+
+
 class UtcDateTime(fields.DateTime):
     """A timestamp in ISO 8601 UTC with a Z suffix, as the seed's front end reads it."""
 
@@ -131,8 +144,8 @@ class AddFundsResponse(LedgerWriteResponse):
 class TransactionsQuery(OrgQuery):
     """Paging and filter of the history."""
 
-    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=100))
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=10**12))
+    limit = WholeNumber(load_default=50, validate=validate.Range(min=1, max=100))
+    offset = WholeNumber(load_default=0, validate=validate.Range(min=0, max=10**12))
     type = fields.String(validate=validate.OneOf(TRANSACTION_TYPES))
 
 

@@ -64,7 +64,7 @@ def verify(raw_body: bytes, signature: str | None, secrets: tuple[str, ...]) -> 
                 and isinstance(event.get("type"), str)
                 and isinstance(event.get("data", {}).get("object"), dict)):
             raise ValueError("not a Stripe event object")
-    except (ValueError, AttributeError) as exc:
+    except (ValueError, AttributeError, RecursionError) as exc:
         raise ValidationFailed(f"The body is not a Stripe event: {exc}") from exc
     return event
 
