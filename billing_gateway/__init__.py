@@ -9,6 +9,7 @@ from flask import Flask, Response, g, request
 from flask.typing import ResponseReturnValue
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from billing_gateway import auth, db, rate_limits
 from billing_gateway.config import Settings, load_settings
@@ -92,6 +93,12 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     _document_deployment_bounds(api, settings)
     api.spec.components.schema("BulkChargeItem", schema=BulkChargeItem)
     app.extensions["billing_limiter"] = rate_limits.init_app(app, settings)
+    if settings.trusted_proxies:
+        # Behind N proxies the client is the Nth address from the right of X-Forwarded-For;
+        # trusting more hops than exist would let a caller choose its own address (and
+        # rate-limit key). https://werkzeug.palletsprojects.com/en/stable/middleware/proxy_fix/
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies)
     return app
 
 

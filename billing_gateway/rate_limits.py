@@ -1,22 +1,29 @@
 """Rate limits (flask-limiter): per caller for members and admins, per address otherwise.
 
 The token's subject is the key when the request carries a valid token; requests without
-one (including webhook deliveries that fail verification) count against the client
-address. The SMS sender (role `service`) and correctly signed webhooks are not limited:
-throttling them would lose charges or payments. Counters live in memory by default, or
-in Redis when RATELIMIT_STORAGE_URI says so (several instances share one budget).
+one count against the client address. The SMS sender (role `service`) and correctly
+signed webhooks are never limited: throttling them would lose charges or payments. The
+webhook is exempt from the limiter's own check, which runs before the view and so before
+the signature is known; the view counts only deliveries that fail verification, per
+address, and refuses those past the limit (forged_delivery). Counters live in memory by
+default, or in Redis when RATELIMIT_STORAGE_URI says so (several instances share one budget).
 https://flask-limiter.readthedocs.io/en/stable/
 """
 
 from __future__ import annotations
 
-from flask import Flask, Response, g
+import math
+import time
+
+import limits
+from flask import Flask, Response, current_app, g
 from flask_jwt_extended import verify_jwt_in_request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
 from billing_gateway.auth import SERVICE, Caller, current_caller
 from billing_gateway.config import Settings
+from billing_gateway.errors import BillingError
 
 # Probes and the API description: never limited (load balancers poll them).
 PUBLIC_ENDPOINTS = ("health.healthz", "health.readyz", "api-docs.openapi_json")
@@ -59,18 +66,34 @@ def init_app(app: Flask, settings: Settings) -> Limiter:
         headers_enabled=True,
         enabled=enabled,
     )
-    for endpoint in PUBLIC_ENDPOINTS:
+    for endpoint in (*PUBLIC_ENDPOINTS, WEBHOOK_ENDPOINT):
         if endpoint in app.view_functions:
             limiter.exempt(app.view_functions[endpoint])
-    if enabled and WEBHOOK_ENDPOINT in app.view_functions:
-        # Only deliveries that fail verification count, against their address: a flood
-        # of forged webhooks is cut off, Stripe's signed deliveries never are.
-        # The decorator's wrapper does the check, so it replaces the registered view.
-        limited = limiter.limit(settings.rate_limit, key_func=get_remote_address,
-                                deduct_when=_failed_verification)
-        app.view_functions[WEBHOOK_ENDPOINT] = limited(  # type: ignore[assignment]
-            app.view_functions[WEBHOOK_ENDPOINT])
+    app.extensions["billing_forged_webhook_limits"] = (
+        limits.parse_many(settings.rate_limit) if enabled else [])
     return limiter
+
+
+class ForgedDeliveriesLimited(BillingError):
+    """Too many webhook deliveries from this address failed verification."""
+
+    code, status = "rate_limited", 429
+
+
+def forged_delivery() -> None:
+    """Count a webhook delivery that failed verification against its address; past the
+    limit raise ForgedDeliveriesLimited (429). Signed deliveries never come here."""
+    items: list[limits.RateLimitItem] = current_app.extensions["billing_forged_webhook_limits"]
+    if not items:
+        return
+    strategy = current_app.extensions["billing_limiter"].limiter
+    address = get_remote_address()
+    for item in items:
+        if not strategy.hit(item, "forged-webhook", address):
+            reset_at, _ = strategy.get_window_stats(item, "forged-webhook", address)
+            g.forged_retry_after = max(1, math.ceil(reset_at - time.time()))
+            raise ForgedDeliveriesLimited(
+                "Too many webhook deliveries from this address failed verification")
 
 
 def _retry_after_only_when_refused(response: Response) -> Response:
@@ -78,8 +101,6 @@ def _retry_after_only_when_refused(response: Response) -> Response:
     belongs on a 429 only (the X-RateLimit-* headers stay, for clients that pace)."""
     if response.status_code != 429:
         response.headers.pop("Retry-After", None)
+    elif "forged_retry_after" in g:
+        response.headers["Retry-After"] = str(g.forged_retry_after)
     return response
-
-
-def _failed_verification(response: Response) -> bool:
-    return response.status_code == 400

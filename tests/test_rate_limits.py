@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 
+import psycopg
 import pytest
 from flask import Flask
 
@@ -12,7 +14,7 @@ from billing_gateway import create_app
 from billing_gateway.config import Settings
 from tests import stripe_objects as so
 from tests.conftest import TokenFactory
-from tests.test_stripe_webhook import deliver
+from tests.test_stripe_webhook import balance, deliver
 
 
 @pytest.fixture
@@ -78,6 +80,43 @@ def test_signed_webhooks_are_not_limited_forged_ones_are(limited: Flask,
         org=org, amount=500)), secret="whsec_forged")
     assert refused.get_json()["error"]["code"] == "rate_limited"
     assert int(refused.headers["Retry-After"]) > 0
+
+
+def test_forged_deliveries_never_hold_back_signed_ones(
+        limited: Flask, owner_conn: psycopg.Connection, org: uuid.UUID) -> None:
+    """25 forged deliveries from one address, then Stripe's signed ones from the same
+    address: every signed one is credited (the issue measured 429 and nothing credited)."""
+    client = limited.test_client()
+    forged = [deliver(client, so.event("payment_intent.succeeded", so.payment_intent(
+        org=org, amount=500)), secret="whsec_forged").status_code for _ in range(25)]
+    assert forged == [400] * 5 + [429] * 20
+    signed = [deliver(client, so.event("payment_intent.succeeded", so.payment_intent(
+        org=org, amount=700))).status_code for _ in range(3)]
+    assert signed == [200, 200, 200]
+    assert balance(owner_conn, org) == Decimal("21.00")
+    # Still refused for forgers afterwards, with Retry-After.
+    refused = deliver(client, so.event("payment_intent.succeeded", so.payment_intent(
+        org=org, amount=500)), secret="whsec_forged")
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
+
+
+def test_forged_deliveries_count_per_client_address_behind_a_proxy(
+        settings: Settings, org: uuid.UUID) -> None:
+    """With one trusted proxy hop, X-Forwarded-For names the client: one forger's flood does
+    not refuse another address (without ProxyFix every delivery shares the proxy's address)."""
+    app = create_app(settings.with_overrides(rate_limit="5/minute", trusted_proxies=1))
+    try:
+        client = app.test_client()
+
+        def forged_from(address: str) -> int:
+            return deliver(client, so.event("payment_intent.succeeded", so.payment_intent(
+                org=org, amount=500)), secret="whsec_forged",
+                headers={"X-Forwarded-For": address}).status_code
+
+        assert [forged_from("203.0.113.7") for _ in range(6)] == [400] * 5 + [429]
+        assert forged_from("198.51.100.9") == 400
+    finally:
+        app.extensions["billing_pool"].close()
 
 
 def test_off_disables_limits(settings: Settings, auth: TokenFactory, org: uuid.UUID) -> None:

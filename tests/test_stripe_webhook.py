@@ -23,12 +23,14 @@ WEBHOOK = "/api/billing/stripe-webhook"
 
 
 def deliver(client: FlaskClient, evt: dict[str, Any], *, secret: str = WEBHOOK_SECRET,
-            raw: bytes | None = None, header: str | None = None) -> Any:
+            raw: bytes | None = None, header: str | None = None,
+            headers: dict[str, str] | None = None) -> Any:
     """POST an event as Stripe does: the exact bytes, signed over "{t}.{body}"."""
     payload = so.body(evt) if raw is None else raw
     signature = so.sign(payload, secret) if header is None else header
     return client.post(WEBHOOK, data=payload, headers={
-        "Stripe-Signature": signature, "Content-Type": "application/json; charset=utf-8"})
+        "Stripe-Signature": signature, "Content-Type": "application/json; charset=utf-8",
+        **(headers or {})})
 
 
 def balance(owner_conn: psycopg.Connection, org: uuid.UUID) -> Decimal:

@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Response, current_app, request
 
-from billing_gateway import money, payments, stripe_events, stripe_gateway
+from billing_gateway import money, payments, rate_limits, stripe_events, stripe_gateway
 from billing_gateway.api import blueprint
 from billing_gateway.api.ledger_write import ledger_write
 from billing_gateway.auth import ADMIN, MEMBER, current_caller, require_role, resolve_org
@@ -94,8 +94,14 @@ def stripe_webhook() -> dict[str, bool]:
     settings = current_app.config["BILLING_SETTINGS"]
     # The raw bytes, before anything parses them: the signature covers exactly these.
     raw = request.get_data(cache=False)
-    event = stripe_events.verify(raw, request.headers.get("Stripe-Signature"),
-                                 settings.stripe_webhook_secrets)
+    try:
+        event = stripe_events.verify(raw, request.headers.get("Stripe-Signature"),
+                                     settings.stripe_webhook_secrets)
+    except ValidationFailed:
+        # Only failed verifications count against the address: a flood of forged
+        # deliveries is cut off without ever holding back a signed one.
+        rate_limits.forged_delivery()
+        raise
     stripe_events.process(get_db(), event, settings.currency)
     return {"received": True}
 
