@@ -11,7 +11,7 @@ from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from billing_gateway import auth, db, rate_limits
+from billing_gateway import auth, checkout, db, rate_limits
 from billing_gateway.config import Settings, load_settings
 from billing_gateway.errors import handle_http_exception, register_error_handlers
 from billing_gateway.json_codec import DecimalJSONProvider
@@ -93,6 +93,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     _document_deployment_bounds(api, settings)
     api.spec.components.schema("BulkChargeItem", schema=BulkChargeItem)
     app.extensions["billing_limiter"] = rate_limits.init_app(app, settings)
+    app.extensions["billing_stripe_slots"] = checkout.StripeSlots(settings.stripe_concurrency)
     if settings.trusted_proxies:
         # Behind N proxies the client is the Nth address from the right of X-Forwarded-For;
         # trusting more hops than exist would let a caller choose its own address (and

@@ -43,12 +43,25 @@ def claim(
     ).fetchone()
     if inserted:
         return None
+    stored = lookup(conn, caller, key, request_fingerprint)
+    if stored is None:  # the row exists: it was answered (claims commit with their answer)
+        raise IdempotencyConflict("This Idempotency-Key was already used with a different request")
+    return stored
+
+
+def lookup(
+    conn: psycopg.Connection, caller: str, key: str, request_fingerprint: str
+) -> StoredResponse | None:
+    """Return the stored answer for `key`, None if it was never used; 409 if it was used
+    for a different request."""
     row = conn.execute(
         "SELECT fingerprint, status_code, response_body FROM idempotency_keys"
         " WHERE caller = %s AND key = %s",
         (caller, key),
     ).fetchone()
-    if row is None or row[0] != request_fingerprint:
+    if row is None:
+        return None
+    if row[0] != request_fingerprint:
         raise IdempotencyConflict(
             "This Idempotency-Key was already used with a different request"
         )

@@ -3,7 +3,8 @@
 Webhooks can be missed (an outage longer than Stripe's retries, a misconfigured
 endpoint). This pages through Stripe's succeeded PaymentIntents, credits the tagged ones
 the ledger lacks through the same idempotent path as the webhook, and processes again the
-stored events whose processing failed.
+stored events whose processing failed. It also settles top-up requests left pending by a
+crash between recording them and recording Stripe's session (billing_gateway.checkout).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psycopg
+import stripe
 
-from billing_gateway import payments, stripe_events, stripe_gateway
+from billing_gateway import checkout, payments, stripe_events, stripe_gateway
 from billing_gateway.config import Settings
-from billing_gateway.db import as_app_role, stripe_transaction
+from billing_gateway.db import as_app_role, enter_org, stripe_transaction
 
 _SPAN = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -40,6 +42,7 @@ class Report:
     repaired: list[str] = field(default_factory=list)
     reprocessed: list[str] = field(default_factory=list)
     unrepaired: list[str] = field(default_factory=list)
+    abandoned: list[str] = field(default_factory=list)
 
 
 def run(settings: Settings, dsn: str, since: dt.timedelta,
@@ -79,8 +82,50 @@ def run(settings: Settings, dsn: str, since: dt.timedelta,
                 continue
             report.reprocessed.append(event["id"])
             say(f"processed stored event {event['id']} ({event['type']}): {outcome}")
+        settle_checkout_requests(client, conn, created_after, report, say)
     say(f"checked {report.checked} tagged succeeded payments since "
         f"{dt.datetime.fromtimestamp(created_after, dt.UTC):%Y-%m-%d %H:%M} UTC; "
         f"repaired {len(report.repaired)}, reprocessed {len(report.reprocessed)} events, "
-        f"unrepaired {len(report.unrepaired)}")
+        f"unrepaired {len(report.unrepaired)}; abandoned {len(report.abandoned)} top-up requests")
     return report
+
+
+def settle_checkout_requests(client: stripe.StripeClient, conn: psycopg.Connection,
+                             created_after: int, report: Report,
+                             say: Callable[[str], None]) -> None:
+    """Record the session of each pending top-up request that Stripe has one for (found by
+    the request's key in the session's metadata); mark the rest abandoned once they are
+    too old to be in flight. Asks Stripe nothing when nothing is pending."""
+    with stripe_transaction(conn):
+        pending = checkout.pending_requests(conn)
+    if not pending:
+        return
+    waiting = {request.stripe_idempotency_key: (request, made) for request, made in pending}
+    sessions = client.v1.checkout.sessions.list({"created": {"gte": created_after},
+                                                 "limit": 100})
+    for session in sessions.auto_paging_iter():
+        found = session.to_dict()
+        key = (found.get("metadata") or {}).get(stripe_gateway.CHECKOUT_REQUEST_KEY)
+        if key not in waiting:
+            continue
+        request, _ = waiting.pop(key)
+        with stripe_transaction(conn):
+            enter_org(conn, request.org_id)
+            checkout.record_session(conn, request, found)
+        report.repaired.append(found["id"])
+        say(f"recorded checkout session {found['id']} of org {request.org_id} "
+            "(its creation was never recorded)")
+    stale_before = time.time() - checkout.STALE_AFTER_SECONDS
+    for request, made in waiting.values():
+        if made.timestamp() > stale_before:
+            continue  # may still be waiting on Stripe
+        if made.timestamp() < created_after:
+            report.unrepaired.append(request.stripe_idempotency_key)
+            say(f"top-up request {request.stripe_idempotency_key} of org {request.org_id} is "
+                "pending since before --since: run with a longer --since")
+            continue
+        with stripe_transaction(conn):
+            checkout.abandon(conn, request)
+        report.abandoned.append(request.stripe_idempotency_key)
+        say(f"abandoned top-up request {request.stripe_idempotency_key} of org "
+            f"{request.org_id}: Stripe has no session for it")

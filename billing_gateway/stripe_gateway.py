@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -17,6 +18,10 @@ from billing_gateway.errors import PaymentProviderError, StripeNotConfigured
 # Checkout Session and on its PaymentIntent, and client_reference_id "billing-gateway:<org>".
 SOURCE = "billing-gateway"
 PRODUCT_NAME = "SMS credits"
+# Session metadata naming the request that created it (checkout_requests).
+CHECKOUT_REQUEST_KEY = "checkout_request"
+
+log = logging.getLogger("billing_gateway.stripe")
 
 
 def make_client(settings: Settings) -> stripe.StripeClient:
@@ -28,10 +33,14 @@ def make_client(settings: Settings) -> stripe.StripeClient:
         raise StripeNotConfigured("Stripe is not configured (STRIPE_SECRET_KEY is not set)")
     base: BaseAddresses | None = (
         {"api": settings.stripe_api_base} if settings.stripe_api_base else None)
+    # The SDK's own timeout is 80 s; a top-up that Stripe cannot answer in a few seconds
+    # should fail fast and be retried by the customer, not hold a thread for minutes.
+    http_client = stripe.RequestsClient(timeout=settings.stripe_timeout)
     # The SDK retries network failures and 409/429/5xx itself, with the idempotency key
     # of the first attempt: https://docs.stripe.com/api/idempotent_requests
     return stripe.StripeClient(settings.stripe_secret_key, base_addresses=base,
-                               max_network_retries=2)
+                               max_network_retries=settings.stripe_max_retries,
+                               http_client=http_client)
 
 
 def tag(org_id: uuid.UUID) -> dict[str, str]:
@@ -57,6 +66,8 @@ def create_checkout_session(
 
     The org is tagged on the session and on its PaymentIntent: Checkout's own metadata
     does not reach the PaymentIntent, and payment_intent.succeeded carries only the latter.
+    The session also names the idempotency key of its request, so reconciliation can find
+    a session whose creation was never recorded (billing_gateway.checkout).
     https://docs.stripe.com/api/checkout/sessions/create
     """
     currency = settings.currency
@@ -74,7 +85,7 @@ def create_checkout_session(
                         "&session_id={CHECKOUT_SESSION_ID}"),
         "cancel_url": f"{settings.public_url}/billing?canceled=true",
         "client_reference_id": f"{SOURCE}:{org_id}",
-        "metadata": tag(org_id),
+        "metadata": {**tag(org_id), CHECKOUT_REQUEST_KEY: idempotency_key},
         "payment_intent_data": {"metadata": tag(org_id)},
     }
     try:
@@ -83,6 +94,16 @@ def create_checkout_session(
             {"idempotency_key": idempotency_key},
         )
     except stripe.StripeError as exc:
-        raise PaymentProviderError(f"Stripe: {exc.user_message or exc}") from exc
+        raise provider_error(exc) from exc
     result: dict[str, Any] = session.to_dict()
     return result
+
+
+def provider_error(exc: stripe.StripeError) -> PaymentProviderError:
+    """The caller's view of a Stripe failure: Stripe's own message when it answered; when
+    it could not be reached, no more than that (the SDK's text names our Stripe host)."""
+    if isinstance(exc, stripe.APIConnectionError):
+        log.warning("Stripe not reachable: %s", exc)
+        return PaymentProviderError(
+            "Stripe could not be reached in time; nothing was charged, try again")
+    return PaymentProviderError(f"Stripe: {exc.user_message or exc}")

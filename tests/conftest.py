@@ -27,8 +27,8 @@ WEBHOOK_SECRET = "whsec_current_5b9d2a8f0c7e4d1b"
 WEBHOOK_SECRET_OLD = "whsec_previous_e3a1f6c2d9b84a07"
 
 LEDGER_TABLES = ("idempotency_keys", "billing_transaction_counts", "billing_transactions",
-                 "checkout_sessions", "stripe_events", "stripe_payments", "stripe_disputes",
-                 "organizations")
+                 "checkout_requests", "checkout_sessions", "stripe_events", "stripe_payments",
+                 "stripe_disputes", "organizations")
 
 
 @pytest.fixture(scope="session")

@@ -66,6 +66,7 @@ def test_checkout_sends_what_a_top_up_needs(client: FlaskClient, auth: TokenFact
         "client_reference_id": [f"billing-gateway:{org}"],
         "metadata[source]": ["billing-gateway"],
         "metadata[org_id]": [str(org)],
+        "metadata[checkout_request]": [call.request.headers["Idempotency-Key"]],
         "payment_intent_data[metadata][source]": ["billing-gateway"],
         "payment_intent_data[metadata][org_id]": [str(org)],
     }

@@ -83,12 +83,32 @@ def ledger_write(
     with scope as conn:
         write = LedgerWrite(conn=conn, caller=caller, key=key)
         if key is not None:
-            body = request.get_json(silent=True)
-            fingerprint = idempotency.fingerprint(request.method, request.path, org_id, body)
-            stored = idempotency.claim(conn, caller, key, org_id, fingerprint)
-            if stored is not None:
-                write.replay = Response(
-                    stored.body, status=stored.status_code, mimetype="application/json"
-                )
-                write.replay.headers["Idempotent-Replayed"] = "true"
+            stored = idempotency.claim(conn, caller, key, org_id, _fingerprint(org_id))
+            write.replay = _replay(stored)
         yield write
+
+
+def stored_answer(conn: psycopg.Connection, org_id: UUID) -> Response | None:
+    """The stored answer to this request's Idempotency-Key, without claiming the key.
+
+    For a request that must not hold a transaction open across its work (a Stripe call):
+    it looks first, does the work, then claims the key in ledger_write.
+    """
+    key = _idempotency_key()
+    if key is None:
+        return None
+    stored = idempotency.lookup(conn, current_caller().subject, key, _fingerprint(org_id))
+    return _replay(stored)
+
+
+def _fingerprint(org_id: UUID | None) -> str:
+    body = request.get_json(silent=True)
+    return idempotency.fingerprint(request.method, request.path, org_id, body)
+
+
+def _replay(stored: idempotency.StoredResponse | None) -> Response | None:
+    if stored is None:
+        return None
+    replay = Response(stored.body, status=stored.status_code, mimetype="application/json")
+    replay.headers["Idempotent-Replayed"] = "true"
+    return replay

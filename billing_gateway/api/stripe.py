@@ -6,14 +6,23 @@ import hashlib
 import uuid
 from typing import Any
 
+import stripe
 from flask import Response, current_app, request
 
-from billing_gateway import money, payments, rate_limits, stripe_events, stripe_gateway
+from billing_gateway import (
+    checkout,
+    money,
+    payments,
+    rate_limits,
+    stripe_events,
+    stripe_gateway,
+)
 from billing_gateway.api import blueprint
-from billing_gateway.api.ledger_write import ledger_write
+from billing_gateway.api.ledger_write import ledger_write, stored_answer
 from billing_gateway.auth import ADMIN, MEMBER, current_caller, require_role, resolve_org
-from billing_gateway.db import get_db, stripe_transaction
-from billing_gateway.errors import ValidationFailed
+from billing_gateway.config import Settings
+from billing_gateway.db import get_db, release_db, stripe_transaction, tenant_transaction
+from billing_gateway.errors import PaymentProviderError, ValidationFailed
 from billing_gateway.schemas import (
     CheckoutRequest,
     CheckoutResponse,
@@ -38,10 +47,16 @@ def _stripe_idempotency_key(caller: str, org: uuid.UUID, key: str | None) -> str
 @require_role(MEMBER, ADMIN)
 @blp.arguments(CheckoutRequest)
 @blp.response(201, CheckoutResponse)
-@blp.alt_response(502, description="Stripe refused or failed (payment_provider_error).")
-@blp.alt_response(503, description="No STRIPE_SECRET_KEY (stripe_not_configured).")
+@blp.alt_response(502, description="Stripe refused, failed or did not answer in time "
+                  "(payment_provider_error).")
+@blp.alt_response(503, description="No STRIPE_SECRET_KEY (stripe_not_configured), or too "
+                  "many top-ups waiting on Stripe (service_unavailable, with Retry-After).")
 def create_checkout(args: dict[str, Any]) -> Response:
-    """Start a top-up: a Stripe Checkout Session for `amount`, credited when paid."""
+    """Start a top-up: a Stripe Checkout Session for `amount`, credited when paid.
+
+    No transaction or pooled connection is held while Stripe is waited on
+    (billing_gateway.checkout): a slow Stripe delays top-ups, never charges.
+    """
     settings = current_app.config["BILLING_SETTINGS"]
     amount = args["amount"]
     if not settings.min_topup <= amount <= settings.max_topup:
@@ -54,21 +69,41 @@ def create_checkout(args: dict[str, Any]) -> Response:
         raise ValidationFailed("Top-up amount invalid", fields={"amount": [str(exc)]}) from exc
     caller = current_caller()
     org = resolve_org(caller, args.get("org_id"))
-    client = stripe_gateway.make_client(settings)  # 503 before any work when unconfigured
+    client = _stripe_client(settings)  # 503 before any work when unconfigured
+    topup = checkout.TopUpRequest(
+        org, amount, settings.currency, caller.subject,
+        _stripe_idempotency_key(caller.subject, org, request.headers.get("Idempotency-Key")))
+    with current_app.extensions["billing_stripe_slots"].hold():
+        with tenant_transaction(get_db(), org, caller.subject) as conn:
+            replay = stored_answer(conn, org)
+            if replay is not None:
+                return replay
+            checkout.record_request(conn, topup)
+        release_db()
+        try:
+            session = stripe_gateway.create_checkout_session(
+                client, settings, org, amount, topup.stripe_idempotency_key)
+        except PaymentProviderError as exc:
+            with tenant_transaction(get_db(), org, caller.subject) as conn:
+                checkout.record_failure(conn, topup, exc.message)
+            raise
+    # A concurrent retry with the same key got the same session from Stripe; whichever
+    # stores its answer second replays the first's.
     with ledger_write(org) as write:
         if write.replay is not None:
             return write.replay
-        session = stripe_gateway.create_checkout_session(
-            client, settings, org, amount,
-            _stripe_idempotency_key(caller.subject, org, write.key))
-        write.conn.execute("INSERT INTO organizations (id) VALUES (%s) ON CONFLICT DO NOTHING",
-                           (org,))
-        write.conn.execute(
-            "INSERT INTO checkout_sessions (id, org_id, amount, currency, created_by)"
-            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
-            (session["id"], org, amount, settings.currency, caller.subject))
+        checkout.record_session(write.conn, topup, session)
         return write.respond(201, _CHECKOUT.dump(
             {"session_id": session["id"], "url": session["url"]}))
+
+
+def _stripe_client(settings: Settings) -> stripe.StripeClient:
+    """This app's StripeClient, built once: it keeps its HTTP connections to Stripe."""
+    client: stripe.StripeClient | None = current_app.extensions.get("billing_stripe_client")
+    if client is None:
+        client = stripe_gateway.make_client(settings)
+        current_app.extensions["billing_stripe_client"] = client
+    return client
 
 
 @blp.route("/stripe-webhook", methods=["POST"])
