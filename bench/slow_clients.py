@@ -26,6 +26,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.run import SECRET, start_service
 from bench.scratch import bench_settings, free_port, nginx_in_front, percentile, scratch_database
 from billing_gateway.auth import issue_token
 
@@ -129,8 +130,6 @@ def timed_charges(base: str, token: str, org: uuid.UUID, seconds: float,
 
 def main() -> int:
     """Measure charges beside slow clients, at gunicorn and through nginx."""
-    from bench.run import SECRET, start_service
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=120)
     parser.add_argument("--seconds", type=float, default=10.0, help="per target")
