@@ -1,5 +1,4 @@
-"""A throwaway migrated database for benchmarks: embedded, or on DATABASE_URL's server; nginx
-in front of a local service with deploy/nginx.conf."""
+"""A throwaway migrated database for benchmarks: embedded, or on DATABASE_URL's server."""
 
 from __future__ import annotations
 
@@ -84,6 +83,8 @@ def stripe_signature(body: bytes, secret: str, timestamp: int | None = None) -> 
     return f"t={t},v1={mac}"
 
 
+# nginx in front of a local service, with the shipped deploy/nginx.conf (bench/slow_clients.py,
+# tests/test_serving.py).
 NGINX_SITE = Path(__file__).resolve().parent.parent / "deploy" / "nginx.conf"
 
 # What a machine's /etc/nginx/nginx.conf provides around deploy/nginx.conf, with every path
