@@ -100,7 +100,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             self.cfg.set("bind", bind)
             self.cfg.set("workers", args.workers)
             self.cfg.set("threads", args.threads)
-            self.cfg.set("worker_class", "gthread")
+            # gthread, answering gunicorn's own refusals (400, 414, 431) as the contract's JSON.
+            self.cfg.set("worker_class", "billing_gateway.gunicorn_worker.JsonErrorsWorker")
             self.cfg.set("accesslog", "-")
             self.cfg.set("graceful_timeout", 10)
 

@@ -5,6 +5,11 @@ gthread workers: the work is waiting on PostgreSQL, so a few threads per process
 CPU busy while the GIL is released during queries. One process per core; with the
 database on the same machine (the development box) fewer processes leave it a core.
 https://docs.gunicorn.org/en/stable/design.html#how-many-workers
+
+A thread is held by a connection from its first byte to the end of the request, so a
+slow client pins one: serve behind a buffering proxy (deploy/nginx.conf,
+docs/deployment.md), and keep gunicorn on loopback or a unix socket.
+https://docs.gunicorn.org/en/stable/deploy.html
 """
 
 from __future__ import annotations
@@ -12,13 +17,26 @@ from __future__ import annotations
 import multiprocessing
 import os
 
+# Loopback by default: only the proxy on this machine may reach gunicorn.
 bind = os.environ.get("BILLING_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
-worker_class = "gthread"
+# gthread, whose own refusals (400, 414, 431) are the contract's JSON, not HTML.
+worker_class = "billing_gateway.gunicorn_worker.JsonErrorsWorker"
 threads = int(os.environ.get("BILLING_THREADS", "4"))
-# Keep-alive lets a client (the SMS sender, a load balancer) reuse connections.
+# Keep-alive lets a client (the SMS sender, a load balancer) reuse connections. Longer
+# than the proxy's idle upstream timeout (4 s in deploy/nginx.conf), so the proxy, not
+# gunicorn, closes an idle connection and never sends a charge into a closing one.
 keepalive = 5
 graceful_timeout = 10
 timeout = 30
 # No access log by default: at thousands of requests per second it costs a core.
 accesslog = os.environ.get("BILLING_ACCESS_LOG") or None
+
+# Request limits, set explicitly (these are gunicorn's defaults). Our longest URL
+# (GET /transactions with every filter) is under 300 bytes and a JWT from an identity
+# provider is a few KB, so these refuse only garbage. The refusal is the contract's JSON
+# (414 for the line, 431 for the headers). nginx in front refuses first above its own
+# limits (large_client_header_buffers 4 8k), also as JSON.
+limit_request_line = 4094  # bytes of "METHOD /path?query HTTP/1.1"
+limit_request_fields = 100  # header fields per request
+limit_request_field_size = 8190  # bytes of one header field, name and value
