@@ -78,3 +78,17 @@ def stripe_signature(body: bytes, secret: str, timestamp: int | None = None) -> 
     t = int(time.time()) if timestamp is None else timestamp
     mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
     return f"t={t},v1={mac}"
+
+
+@contextmanager
+def embedded_database() -> Iterator[str]:
+    """Start an embedded PostgreSQL of our own in a temporary folder (whatever DATABASE_URL
+    says), migrate a database on it; yield its DSN, and delete the server afterwards."""
+    server = embedded.start_server(Path(tempfile.mkdtemp(prefix="billing-bench-")) / "pgdata",
+                                   cleanup_mode="delete")
+    try:
+        dsn = embedded.ensure_database(server.get_uri())
+        migrate(dsn)
+        yield dsn
+    finally:
+        server.cleanup()
