@@ -167,3 +167,17 @@ def nginx_in_front(upstream: str) -> Iterator[int]:
             process.kill()
             process.wait()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def embedded_database() -> Iterator[str]:
+    """Start an embedded PostgreSQL of our own in a temporary folder (whatever DATABASE_URL
+    says), migrate a database on it; yield its DSN, and delete the server afterwards."""
+    server = embedded.start_server(Path(tempfile.mkdtemp(prefix="billing-bench-")) / "pgdata",
+                                   cleanup_mode="delete")
+    try:
+        dsn = embedded.ensure_database(server.get_uri())
+        migrate(dsn)
+        yield dsn
+    finally:
+        server.cleanup()
