@@ -117,9 +117,9 @@ class Load:
     has an answer, as a busy SMS sender does), recording every answer."""
 
     def __init__(self, service: Gateway, clients: int, seed: int) -> None:
-        rng = random.Random(seed)  # noqa: S311  # picks the workload, not secrets
+        self._rng = random.Random(seed)  # noqa: S311  # picks the workload, not secrets
         self.service = service
-        self._pending = iter(gateway_writes(service, rng, count=500_000))
+        self._pending: list[Write] = []
         self.sent: list[Write] = []
         self.answers: list[Answer] = []
         self._lock = threading.Lock()
@@ -139,7 +139,10 @@ class Load:
             with self._lock:
                 if not self._flowing.is_set():
                     continue
-                write = next(self._pending)
+                if not self._pending:  # made as needed: a run's length is not known
+                    self._pending = gateway_writes(self.service, self._rng, 1000,
+                                                   first=len(self.sent))[::-1]
+                write = self._pending.pop()
                 self.sent.append(write)
                 self._busy += 1
             try:
@@ -191,15 +194,17 @@ def _wait_until_accepting(dsn: str, started: threading.Event, out: list[float]) 
         return
 
 
-def restart(load: Load, mode: str, outage: float, *, quiet: bool, settle: float) -> Restart:
+def restart(load: Load, mode: str, outage: float, *, quiet: bool, settle: float,
+            say: Any = print) -> Restart:
     """Stop PostgreSQL with `mode`, keep it down `outage` seconds, start it, and wait for
     the service's first 2xx after PostgreSQL accepts connections (plus `settle` seconds)."""
     service = load.service
     record = Restart(mode, quiet)
     if quiet:
         load.pause()
-    service.pg_ctl("-w", "-m", mode, "stop")
     record.stopped_at = time.monotonic()
+    service.pg_ctl("-w", "-m", mode, "stop")
+    say(f"pg_ctl -m {mode} stop took {time.monotonic() - record.stopped_at:.1f} s")
     time.sleep(outage)
     # A direct connection every 10 ms says when PostgreSQL accepts connections again.
     accepting: list[float] = []
@@ -233,7 +238,7 @@ def run(outage: float = 16.0, clients: int = 8, settle: float = 3.0, seed: int =
         try:
             time.sleep(settle)
             for mode, quiet in (("fast", False), ("immediate", False), ("fast", True)):
-                record = restart(load, mode, outage, quiet=quiet, settle=settle)
+                record = restart(load, mode, outage, quiet=quiet, settle=settle, say=say)
                 report.restarts.append(record)
                 say(f"PostgreSQL restarted (-m {mode}, {'quiet' if quiet else 'under load'})")
         finally:

@@ -177,12 +177,13 @@ def gateway(tag: str, *, orgs: int = 5, workers: int = 2, threads: int = 4,
         server.cleanup()
 
 
-def gateway_writes(service: Gateway, rng: random.Random, count: int) -> list[Write]:
+def gateway_writes(service: Gateway, rng: random.Random, count: int,
+                   first: int = 0) -> list[Write]:
     """Charges (with Idempotency-Key and messageId), credits (with Idempotency-Key) and
-    signed-webhook payments, 6:2:2, over the gateway's orgs."""
+    signed-webhook payments, 6:2:2, over the gateway's orgs; numbered from `first`."""
     made = []
     tag = service.tag
-    for i in range(count):
+    for i in range(first, first + count):
         org = rng.choice(service.orgs)
         kind = rng.choices(["charge", "credit", "webhook"], weights=[6, 2, 2])[0]
         if kind == "charge":
