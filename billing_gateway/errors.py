@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import psycopg
-from flask import Flask, g, jsonify
+from flask import Flask, Response, g, jsonify
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
@@ -18,6 +18,8 @@ class BillingError(Exception):
 
     code = "internal_error"
     status = 500
+    # Seconds a client should wait before trying again (the Retry-After header), if it may.
+    retry_after: int | None = None
 
     def __init__(self, message: str, *, fields: dict[str, Any] | None = None) -> None:
         super().__init__(message)
@@ -76,7 +78,7 @@ class StripeNotConfigured(BillingError):
 class ServiceUnavailable(BillingError):
     """A dependency (the database) cannot be reached right now."""
 
-    code, status = "service_unavailable", 503
+    code, status, retry_after = "service_unavailable", 503, 1
 
 
 # HTTP errors raised by Flask/Werkzeug itself, mapped to the contract's codes.
@@ -135,11 +137,29 @@ def handle_http_exception(exc: HTTPException) -> ResponseReturnValue:
     return response
 
 
+def ask_to_retry(seconds: int) -> None:
+    """Send Retry-After with this request's answer (kept by _keep_retry_after)."""
+    g.retry_after = seconds
+
+
+def _keep_retry_after(response: Response) -> Response:
+    """Put back the Retry-After an error asked for: the rate limiter's hook removes it from
+    every answer but a 429 (rate_limits._retry_after_only_when_refused). Registered before
+    that hook, so Flask runs it after it (after_request functions run in reverse order)."""
+    seconds = g.pop("retry_after", None)
+    if seconds is not None and response.status_code >= 400:
+        response.headers["Retry-After"] = str(seconds)
+    return response
+
+
 def register_error_handlers(app: Flask) -> None:
     """Give every failure, expected or not, the contract's JSON error shape."""
+    app.after_request(_keep_retry_after)
 
     @app.errorhandler(BillingError)
     def _billing_error(exc: BillingError) -> ResponseReturnValue:
+        if exc.retry_after is not None:
+            ask_to_retry(exc.retry_after)
         return error_response(exc.status, exc.code, exc.message, exc.fields)
 
     app.register_error_handler(HTTPException, handle_http_exception)
@@ -149,12 +169,9 @@ def register_error_handlers(app: Flask) -> None:
         # The connection broke mid-request (a database restart, a failover): nothing was
         # committed that the caller cannot safely retry, so say "retry", not "bug".
         log.warning("database connection lost in request %s: %s", g.get("request_id", "-"), exc)
-        response = jsonify({"error": {
-            "code": "service_unavailable",
-            "message": "The database connection was lost; retry the request"}})
-        response.status_code = 503
-        response.headers["Retry-After"] = "1"
-        return response
+        ask_to_retry(ServiceUnavailable.retry_after or 1)
+        return error_response(503, ServiceUnavailable.code,
+                              "The database connection was lost; retry the request")
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> ResponseReturnValue:
