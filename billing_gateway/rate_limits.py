@@ -91,9 +91,10 @@ def forged_delivery() -> None:
     for item in items:
         if not strategy.hit(item, "forged-webhook", address):
             reset_at, _ = strategy.get_window_stats(item, "forged-webhook", address)
-            g.forged_retry_after = max(1, math.ceil(reset_at - time.time()))
-            raise ForgedDeliveriesLimited(
+            refused = ForgedDeliveriesLimited(
                 "Too many webhook deliveries from this address failed verification")
+            refused.retry_after = max(1, math.ceil(reset_at - time.time()))
+            raise refused
 
 
 def _retry_after_only_when_refused(response: Response) -> Response:
@@ -101,6 +102,4 @@ def _retry_after_only_when_refused(response: Response) -> Response:
     belongs on a 429 only (the X-RateLimit-* headers stay, for clients that pace)."""
     if response.status_code != 429:
         response.headers.pop("Retry-After", None)
-    elif "forged_retry_after" in g:
-        response.headers["Retry-After"] = str(g.forged_retry_after)
     return response
