@@ -103,7 +103,7 @@ def provider_error(exc: stripe.StripeError) -> PaymentProviderError:
     """The caller's view of a Stripe failure: Stripe's own message when it answered; when
     it could not be reached, no more than that (the SDK's text names our Stripe host)."""
     if isinstance(exc, stripe.APIConnectionError):
-        log.warning("Stripe not reachable: %s", exc)
+        log.warning("Stripe not reachable: %s", " ".join(str(exc).split()))  # one log line
         return PaymentProviderError(
             "Stripe could not be reached in time; nothing was charged, try again")
     return PaymentProviderError(f"Stripe: {exc.user_message or exc}")
