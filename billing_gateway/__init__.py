@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 
 from flask import Flask, Response, g, request
@@ -93,13 +94,15 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     _document_deployment_bounds(api, settings)
     api.spec.components.schema("BulkChargeItem", schema=BulkChargeItem)
     app.extensions["billing_limiter"] = rate_limits.init_app(app, settings)
-    app.extensions["billing_stripe_slots"] = checkout.StripeSlots(settings.stripe_concurrency)
+    app.extensions["billing_stripe_slots"] = checkout.StripeSlots(
+        settings.stripe_concurrency, retry_after=math.ceil(settings.stripe_timeout))
     if settings.trusted_proxies:
         # Behind N proxies the client is the Nth address from the right of X-Forwarded-For;
         # trusting more hops than exist would let a caller choose its own address (and
         # rate-limit key). https://werkzeug.palletsprojects.com/en/stable/middleware/proxy_fix/
+        # X-Forwarded-Proto is set (not appended) by each proxy: only the nearest one's counts.
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
-            app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies)
+            app.wsgi_app, x_for=settings.trusted_proxies, x_proto=1)
     return app
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import psycopg
 
-from billing_gateway.errors import ServiceUnavailable
+from billing_gateway.errors import IdempotencyConflict, ServiceUnavailable
 
 # A pending request older than this is no longer in flight anywhere: a Stripe call lasts
 # at most STRIPE_TIMEOUT x (STRIPE_MAX_RETRIES + 1) plus the SDK's backoff, seconds.
@@ -29,6 +29,10 @@ STALE_AFTER_SECONDS = 15 * 60
 
 class StripeBusy(ServiceUnavailable):
     """Every slot for waiting on Stripe is taken in this process; retry shortly."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("Too many top-ups are waiting on Stripe; retry in a moment")
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -49,30 +53,47 @@ class StripeSlots:
     refused at once (503 with Retry-After), and charges and balance reads keep their threads.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, retry_after: int) -> None:
         self._slots = threading.BoundedSemaphore(size)
+        # A slot frees when a Stripe call ends: at the latest after about one timeout.
+        self.retry_after = retry_after
 
     @contextmanager
-    def hold(self) -> Iterator[None]:
-        """Take a slot for the duration of the block, or raise StripeBusy."""
-        if not self._slots.acquire(blocking=False):
-            raise StripeBusy("Too many top-ups are waiting on Stripe; retry in a moment")
+    def try_hold(self) -> Iterator[bool]:
+        """Take a slot for the block if one is free; yield whether one was (never waits)."""
+        held = self._slots.acquire(blocking=False)
         try:
-            yield
+            yield held
         finally:
-            self._slots.release()
+            if held:
+                self._slots.release()
+
+    def busy(self) -> StripeBusy:
+        """The refusal when no slot was free."""
+        return StripeBusy(self.retry_after)
 
 
 def record_request(conn: psycopg.Connection, request: TopUpRequest) -> None:
-    """Record the request before Stripe is called (a retry with the same key finds it)."""
+    """Record the request before Stripe is called; a retry with the same key takes up its
+    request again (pending, and fresh for reconcile's staleness) unless it was settled.
+
+    The Stripe key does not cover the amount: the same key with another amount would be
+    refused by Stripe (400) as a 502, so it is refused here first, as 409.
+    """
     conn.execute("INSERT INTO organizations (id) VALUES (%s) ON CONFLICT DO NOTHING",
                  (request.org_id,))
-    conn.execute(
+    recorded = conn.execute(
         "INSERT INTO checkout_requests"
         " (stripe_idempotency_key, org_id, amount, currency, created_by)"
-        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (stripe_idempotency_key) DO NOTHING",
+        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (stripe_idempotency_key) DO UPDATE SET"
+        "  status = CASE WHEN checkout_requests.status = 'created' THEN 'created'"
+        "                ELSE 'pending' END,"
+        "  updated_at = now()"
+        " RETURNING org_id, amount, currency, created_by",
         (request.stripe_idempotency_key, request.org_id, request.amount, request.currency,
-         request.created_by))
+         request.created_by)).fetchone()
+    if recorded != (request.org_id, request.amount, request.currency, request.created_by):
+        raise IdempotencyConflict("This Idempotency-Key was already used for another top-up")
 
 
 def record_session(conn: psycopg.Connection, request: TopUpRequest,
@@ -89,7 +110,8 @@ def record_session(conn: psycopg.Connection, request: TopUpRequest,
 
 
 def record_failure(conn: psycopg.Connection, request: TopUpRequest, error: str) -> None:
-    """Mark a request Stripe refused or did not answer (a later retry may still settle it)."""
+    """Mark a request Stripe refused (a definite answer: no session exists). A request whose
+    outcome is unknown (no answer in time, a 5xx) stays pending for a retry or reconcile."""
     conn.execute(
         "UPDATE checkout_requests SET status = 'failed', error = %s, updated_at = now()"
         " WHERE stripe_idempotency_key = %s AND status = 'pending'",
@@ -105,9 +127,9 @@ def abandon(conn: psycopg.Connection, request: TopUpRequest) -> None:
 
 
 def pending_requests(conn: psycopg.Connection) -> list[tuple[TopUpRequest, dt.datetime]]:
-    """Every org's requests still pending, oldest first, with when each was made
-    (the 'stripe' scope: reconciliation)."""
+    """Every org's requests still pending, oldest first, with when each was last sent to
+    Stripe (the 'stripe' scope: reconciliation)."""
     rows = conn.execute(
-        "SELECT org_id, amount, currency, created_by, stripe_idempotency_key, created_at"
-        " FROM checkout_requests WHERE status = 'pending' ORDER BY created_at").fetchall()
+        "SELECT org_id, amount, currency, created_by, stripe_idempotency_key, updated_at"
+        " FROM checkout_requests WHERE status = 'pending' ORDER BY updated_at").fetchall()
     return [(TopUpRequest(*row[:5]), row[5]) for row in rows]

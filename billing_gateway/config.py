@@ -104,8 +104,8 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     if raw is None:
         return default
     try:
-        value = float(raw)
-    except ValueError as exc:
+        value = float(parse_decimal_text(raw.strip()))
+    except AmountError as exc:
         raise ConfigError(f"{name}={raw!r} is not a number of seconds") from exc
     if not 0 < value <= 600:
         raise ConfigError(f"{name}={raw!r} must be between 0 and 600 seconds")

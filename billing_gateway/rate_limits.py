@@ -12,6 +12,7 @@ https://flask-limiter.readthedocs.io/en/stable/
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
@@ -24,6 +25,8 @@ from flask_limiter.util import get_remote_address
 from billing_gateway.auth import SERVICE, Caller, current_caller
 from billing_gateway.config import Settings
 from billing_gateway.errors import BillingError
+
+log = logging.getLogger("billing_gateway")
 
 # Probes and the API description: never limited (load balancers poll them).
 PUBLIC_ENDPOINTS = ("health.healthz", "health.readyz", "api-docs.openapi_json")
@@ -89,7 +92,13 @@ def forged_delivery() -> None:
     strategy = current_app.extensions["billing_limiter"].limiter
     address = get_remote_address()
     for item in items:
-        if not strategy.hit(item, "forged-webhook", address):
+        try:
+            allowed = strategy.hit(item, "forged-webhook", address)
+        except Exception:  # counters unreachable (Redis down): fail open rather than answer
+            # 500 to a forger; signed deliveries never come here anyway.
+            log.warning("rate-limit storage failed; forged delivery not counted", exc_info=True)
+            return
+        if not allowed:
             reset_at, _ = strategy.get_window_stats(item, "forged-webhook", address)
             refused = ForgedDeliveriesLimited(
                 "Too many webhook deliveries from this address failed verification")

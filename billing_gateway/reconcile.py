@@ -42,6 +42,7 @@ class Report:
     repaired: list[str] = field(default_factory=list)
     reprocessed: list[str] = field(default_factory=list)
     unrepaired: list[str] = field(default_factory=list)
+    recorded_sessions: list[str] = field(default_factory=list)
     abandoned: list[str] = field(default_factory=list)
 
 
@@ -86,7 +87,8 @@ def run(settings: Settings, dsn: str, since: dt.timedelta,
     say(f"checked {report.checked} tagged succeeded payments since "
         f"{dt.datetime.fromtimestamp(created_after, dt.UTC):%Y-%m-%d %H:%M} UTC; "
         f"repaired {len(report.repaired)}, reprocessed {len(report.reprocessed)} events, "
-        f"unrepaired {len(report.unrepaired)}; abandoned {len(report.abandoned)} top-up requests")
+        f"unrepaired {len(report.unrepaired)}; top-up requests: recorded "
+        f"{len(report.recorded_sessions)} sessions, abandoned {len(report.abandoned)}")
     return report
 
 
@@ -100,7 +102,8 @@ def settle_checkout_requests(client: stripe.StripeClient, conn: psycopg.Connecti
         pending = checkout.pending_requests(conn)
     if not pending:
         return
-    waiting = {request.stripe_idempotency_key: (request, made) for request, made in pending}
+    # `sent`: when the request was last sent to Stripe (a retry sends it again).
+    waiting = {request.stripe_idempotency_key: (request, sent) for request, sent in pending}
     sessions = client.v1.checkout.sessions.list({"created": {"gte": created_after},
                                                  "limit": 100})
     for session in sessions.auto_paging_iter():
@@ -112,14 +115,14 @@ def settle_checkout_requests(client: stripe.StripeClient, conn: psycopg.Connecti
         with stripe_transaction(conn):
             enter_org(conn, request.org_id)
             checkout.record_session(conn, request, found)
-        report.repaired.append(found["id"])
+        report.recorded_sessions.append(found["id"])
         say(f"recorded checkout session {found['id']} of org {request.org_id} "
             "(its creation was never recorded)")
     stale_before = time.time() - checkout.STALE_AFTER_SECONDS
-    for request, made in waiting.values():
-        if made.timestamp() > stale_before:
+    for request, sent in waiting.values():
+        if sent.timestamp() > stale_before:
             continue  # may still be waiting on Stripe
-        if made.timestamp() < created_after:
+        if sent.timestamp() < created_after:
             report.unrepaired.append(request.stripe_idempotency_key)
             say(f"top-up request {request.stripe_idempotency_key} of org {request.org_id} is "
                 "pending since before --since: run with a longer --since")

@@ -12,7 +12,12 @@ from stripe._base_address import BaseAddresses
 
 from billing_gateway import money
 from billing_gateway.config import Settings
-from billing_gateway.errors import PaymentProviderError, StripeNotConfigured
+from billing_gateway.errors import (
+    BillingError,
+    IdempotencyConflict,
+    PaymentProviderError,
+    StripeNotConfigured,
+)
 
 # What marks a payment as ours: metadata {"source": SOURCE, "org_id": "<uuid>"} on the
 # Checkout Session and on its PaymentIntent, and client_reference_id "billing-gateway:<org>".
@@ -99,11 +104,26 @@ def create_checkout_session(
     return result
 
 
-def provider_error(exc: stripe.StripeError) -> PaymentProviderError:
+class StripeOutcomeUnknown(PaymentProviderError):
+    """Stripe may or may not have acted: no answer in time, a 5xx, or a throttle."""
+
+
+def provider_error(exc: stripe.StripeError) -> BillingError:
     """The caller's view of a Stripe failure: Stripe's own message when it answered; when
-    it could not be reached, no more than that (the SDK's text names our Stripe host)."""
+    it could not be reached, no more than that (the SDK's text names our Stripe host).
+
+    https://docs.stripe.com/error-low-level: 409 is a key still in use by a request in
+    progress (a concurrent retry), 429 and 5xx may be retried, other 4xx are final.
+    """
     if isinstance(exc, stripe.APIConnectionError):
         log.warning("Stripe not reachable: %s", " ".join(str(exc).split()))  # one log line
-        return PaymentProviderError(
+        return StripeOutcomeUnknown(
             "Stripe could not be reached in time; nothing was charged, try again")
+    if exc.http_status == 409:  # the SDK raises a plain APIError for it
+        return IdempotencyConflict(
+            "A request with this Idempotency-Key is still in progress; retry in a moment")
+    if isinstance(exc, stripe.IdempotencyError):  # 400: the key was sent with other params
+        return IdempotencyConflict("This Idempotency-Key was already used for another top-up")
+    if isinstance(exc, (stripe.APIError, stripe.RateLimitError)):
+        return StripeOutcomeUnknown(f"Stripe: {exc.user_message or exc}")
     return PaymentProviderError(f"Stripe: {exc.user_message or exc}")

@@ -26,12 +26,17 @@ CREATE TABLE checkout_requests (
 CREATE INDEX idx_checkout_requests_pending ON checkout_requests (created_at)
     WHERE status = 'pending';
 
--- Owned by its org, as checkout_sessions; reconciliation (the 'stripe' scope) sees every
--- org's pending requests.
+-- Owned by its org, as checkout_sessions. Reconciliation (the 'stripe' scope) reads every
+-- org's requests and may only mark one abandoned; recording a session it does as the org
+-- (enter_org), like any request.
 ALTER TABLE checkout_requests ENABLE ROW LEVEL SECURITY;
 ALTER TABLE checkout_requests FORCE ROW LEVEL SECURITY;
 CREATE POLICY checkout_requests_tenant ON checkout_requests
-    USING (org_id = billing_current_org() OR billing_current_scope() = 'stripe')
-    WITH CHECK (org_id = billing_current_org() OR billing_current_scope() = 'stripe');
+    USING (org_id = billing_current_org()) WITH CHECK (org_id = billing_current_org());
+CREATE POLICY checkout_requests_reconcile_read ON checkout_requests FOR SELECT
+    USING (billing_current_scope() = 'stripe');
+CREATE POLICY checkout_requests_reconcile_abandon ON checkout_requests FOR UPDATE
+    USING (billing_current_scope() = 'stripe')
+    WITH CHECK (billing_current_scope() = 'stripe' AND status = 'abandoned');
 
 GRANT SELECT, INSERT, UPDATE ON checkout_requests TO billing_app;

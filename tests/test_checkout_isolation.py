@@ -162,7 +162,7 @@ def test_a_silent_stripe_answers_502_within_the_configured_timeout(
         make_app: Callable[..., Flask], auth: TokenFactory, org: uuid.UUID,
         owner_conn: psycopg.Connection, silent_stripe: str) -> None:
     """1 s timeout and 1 retry: the answer comes in about 2 s (the SDK's default would wait
-    80 s twice over), says nothing of our Stripe host, and the request is marked failed."""
+    80 s twice over) and says nothing of our Stripe host."""
     app = make_app(stripe_api_base=silent_stripe, stripe_timeout=1.0, stripe_max_retries=1)
     started = time.monotonic()
     response = app.test_client().post(CHECKOUT, headers=auth("member", org),
@@ -173,8 +173,9 @@ def test_a_silent_stripe_answers_502_within_the_configured_timeout(
     message = response.get_json()["error"]["message"]
     assert response.get_json()["error"]["code"] == "payment_provider_error"
     assert "127.0.0.1" not in message and silent_stripe.rsplit(":", 1)[1] not in message
-    assert owner_conn.execute(
-        "SELECT status FROM checkout_requests WHERE org_id = %s", (org,)).fetchone() == ("failed",)
+    # Stripe may have made the session: pending, for a retry with the key or reconcile.
+    assert owner_conn.execute("SELECT status FROM checkout_requests WHERE org_id = %s",
+                              (org,)).fetchone() == ("pending",)
 
 
 def test_an_unreachable_stripe_is_502_without_our_stripe_host(
@@ -261,8 +262,8 @@ def test_reconcile_records_a_session_a_crash_left_and_abandons_what_stripe_never
     owner_conn.execute("INSERT INTO organizations (id) VALUES (%s)", (other_org,))
     owner_conn.execute(
         "INSERT INTO checkout_requests (stripe_idempotency_key, org_id, amount, currency,"
-        " created_by, created_at) VALUES ('never-sent', %s, 20, 'usd', 'm',"
-        " now() - interval '20 minutes')", (other_org,))
+        " created_by, created_at, updated_at) VALUES ('never-sent', %s, 20, 'usd', 'm',"
+        " now() - interval '20 minutes', now() - interval '20 minutes')", (other_org,))
     listed = _session(org, sent[0])
     stripe_api.add(responses.GET, "https://api.stripe.com/v1/payment_intents", json={
         "object": "list", "url": "/v1/payment_intents", "has_more": False, "data": []})
@@ -271,7 +272,8 @@ def test_reconcile_records_a_session_a_crash_left_and_abandons_what_stripe_never
         "data": [_session(org, "someone-else"), listed]})
     lines: list[str] = []
     report = reconcile.run(settings, database_url, dt.timedelta(days=1), lines.append)
-    assert report.repaired == [listed["id"]]
+    assert report.recorded_sessions == [listed["id"]]
+    assert report.repaired == []
     assert report.abandoned == ["never-sent"]
     assert report.unrepaired == []
     rows = owner_conn.execute(
@@ -286,3 +288,121 @@ def test_reconcile_records_a_session_a_crash_left_and_abandons_what_stripe_never
     assert session_lists() == 1
     reconcile.run(settings, database_url, dt.timedelta(days=1), lines.append)
     assert session_lists() == 1
+
+
+def test_a_definite_refusal_marks_the_request_failed_and_a_retry_takes_it_up(
+        make_app: Callable[..., Flask], auth: TokenFactory, org: uuid.UUID,
+        owner_conn: psycopg.Connection, stripe_api: responses.RequestsMock) -> None:
+    app = make_app()
+    stripe_api.add(responses.POST, STRIPE_SESSIONS, status=400, json={"error": {
+        "type": "invalid_request_error", "message": "Your account cannot take payments."}})
+    headers = {**auth("member", org), "Idempotency-Key": "refused-then-ok"}
+    refused = app.test_client().post(CHECKOUT, headers=headers, json={"amount": "50.00"})
+    assert refused.status_code == 502
+    assert "cannot take payments" in refused.get_json()["error"]["message"]
+    assert owner_conn.execute("SELECT status, error FROM checkout_requests WHERE org_id = %s",
+                              (org,)).fetchone()[0] == "failed"
+    session = _session(org)
+    stripe_api.replace(responses.POST, STRIPE_SESSIONS, json=session)
+    accepted = app.test_client().post(CHECKOUT, headers=headers, json={"amount": "50.00"})
+    assert accepted.status_code == 201
+    assert owner_conn.execute("SELECT status, session_id, error FROM checkout_requests"
+                              " WHERE org_id = %s", (org,)).fetchone() == (
+        "created", session["id"], None)
+
+
+def test_the_same_key_for_another_amount_is_409_before_stripe(
+        make_app: Callable[..., Flask], auth: TokenFactory, org: uuid.UUID,
+        owner_conn: psycopg.Connection, stripe_api: responses.RequestsMock,
+        session_records_fail: Callable[[], None]) -> None:
+    """The first attempt's answer was never stored (a crash after Stripe): the key is not in
+    idempotency_keys, but its request is, and Stripe's key does not cover the amount."""
+    app = make_app()
+    stripe_api.add(responses.POST, STRIPE_SESSIONS, json=_session(org))
+    headers = {**auth("member", org), "Idempotency-Key": "one-key-two-amounts"}
+    assert app.test_client().post(CHECKOUT, headers=headers,
+                                  json={"amount": "50.00"}).status_code == 500
+    session_records_fail()
+    other = app.test_client().post(CHECKOUT, headers=headers, json={"amount": "75.00"})
+    assert other.status_code == 409
+    assert other.get_json()["error"]["code"] == "idempotency_conflict"
+    assert len(stripe_api.calls) == 1
+    assert owner_conn.execute("SELECT amount, status FROM checkout_requests WHERE org_id = %s",
+                              (org,)).fetchall() == [(50, "pending")]
+
+
+def test_concurrent_retries_with_one_key_make_one_session_and_one_answer(
+        make_app: Callable[..., Flask], auth: TokenFactory, org: uuid.UUID,
+        owner_conn: psycopg.Connection, stripe_api: responses.RequestsMock) -> None:
+    """Stripe answers a key still in use with 409: the second retry is told so (409), the
+    first completes, and a later retry replays its answer."""
+    app = make_app()
+    session = _session(org)
+    entered, release = threading.Event(), threading.Event()
+    in_flight = threading.Lock()
+
+    def create(_request: Any) -> tuple[int, dict[str, str], str]:
+        if not in_flight.acquire(blocking=False):
+            return 409, {}, json.dumps({"error": {"type": "idempotency_error", "message":
+                "There is currently another in-progress request using this Idempotent Key."}})
+        entered.set()
+        release.wait(10)
+        return 200, {}, json.dumps(session)
+
+    stripe_api.add_callback(responses.POST, STRIPE_SESSIONS, callback=create)
+    headers = {**auth("member", org), "Idempotency-Key": "double-click"}
+    first: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: first.update(response=app.test_client().post(
+        CHECKOUT, headers=headers, json={"amount": "50.00"})))
+    thread.start()
+    try:
+        assert entered.wait(10)
+        second = app.test_client().post(CHECKOUT, headers=headers, json={"amount": "50.00"})
+    finally:
+        release.set()
+        thread.join(10)
+    assert second.status_code == 409
+    assert "in progress" in second.get_json()["error"]["message"]
+    assert first["response"].status_code == 201
+    third = app.test_client().post(CHECKOUT, headers=headers, json={"amount": "50.00"})
+    assert third.headers["Idempotent-Replayed"] == "true"
+    assert third.get_json() == first["response"].get_json()
+    assert owner_conn.execute(
+        "SELECT count(*), min(status) FROM checkout_requests WHERE org_id = %s",
+        (org,)).fetchone() == (1, "created")
+    assert owner_conn.execute("SELECT count(*) FROM checkout_sessions WHERE org_id = %s",
+                              (org,)).fetchone() == (1,)
+
+
+def test_checkout_requests_are_the_orgs_own(
+        database_url: str, org: uuid.UUID, other_org: uuid.UUID,
+        owner_conn: psycopg.Connection) -> None:
+    """Row level security: another org sees and changes nothing; the 'stripe' scope reads
+    every org's requests but may only mark one abandoned, and inserts none."""
+    for tenant in (org, other_org):
+        owner_conn.execute("INSERT INTO organizations (id) VALUES (%s)", (tenant,))
+    owner_conn.execute(
+        "INSERT INTO checkout_requests (stripe_idempotency_key, org_id, amount, currency,"
+        " created_by) VALUES ('k-a', %s, 20, 'usd', 'm')", (org,))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("SET ROLE billing_app")
+        with conn.transaction():
+            conn.execute("SELECT set_config('billing.org_id', %s, true)", (str(other_org),))
+            assert conn.execute("SELECT count(*) FROM checkout_requests").fetchone() == (0,)
+            updated = conn.execute("UPDATE checkout_requests SET status = 'failed'")
+            assert updated.rowcount == 0
+        with conn.transaction():
+            conn.execute("SELECT set_config('billing.scope', 'stripe', true)")
+            assert conn.execute("SELECT count(*) FROM checkout_requests").fetchone() == (1,)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("UPDATE checkout_requests SET status = 'failed'")
+        with conn.transaction():
+            conn.execute("SELECT set_config('billing.scope', 'stripe', true)")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(
+                    "INSERT INTO checkout_requests (stripe_idempotency_key, org_id, amount,"
+                    " currency, created_by) VALUES ('k-b', %s, 20, 'usd', 'm')", (org,))
+        with conn.transaction():
+            conn.execute("SELECT set_config('billing.scope', 'stripe', true)")
+            assert conn.execute("UPDATE checkout_requests SET status = 'abandoned'"
+                                ).rowcount == 1

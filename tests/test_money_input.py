@@ -103,7 +103,10 @@ def test_balance_required_query_is_strict(client: FlaskClient, auth: TokenFactor
 @pytest.mark.parametrize("name,value", [("BILLING_MIN_TOPUP", "5_00"),
                                         ("BILLING_DEFAULT_SMS_PRICE", "٠.٠١"),
                                         ("BILLING_DB_POOL_MAX", "1_0"),
-                                        ("BILLING_DB_POOL_MAX", "１０")])
+                                        ("BILLING_DB_POOL_MAX", "１０"),
+                                        ("STRIPE_TIMEOUT", "1_0"),
+                                        ("STRIPE_TIMEOUT", "５"),
+                                        ("BILLING_DB_POOL_TIMEOUT", "2s")])
 def test_settings_read_numbers_strictly(name: str, value: str, tmp_path) -> None:
     with pytest.raises(ConfigError):
         load_settings({name: value, "BILLING_DATA_DIR": str(tmp_path)})

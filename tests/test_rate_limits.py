@@ -115,6 +115,9 @@ def test_forged_deliveries_count_per_client_address_behind_a_proxy(
 
         assert [forged_from("203.0.113.7") for _ in range(6)] == [400] * 5 + [429]
         assert forged_from("198.51.100.9") == 400
+        # Only the hop the proxy appended counts: a forger cannot pick a fresh address by
+        # putting one in front (X-Forwarded-For: <anything>, <its real address>).
+        assert forged_from("192.0.2.1, 203.0.113.7") == 429
     finally:
         app.extensions["billing_pool"].close()
 

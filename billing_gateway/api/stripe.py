@@ -73,22 +73,26 @@ def create_checkout(args: dict[str, Any]) -> Response:
     topup = checkout.TopUpRequest(
         org, amount, settings.currency, caller.subject,
         _stripe_idempotency_key(caller.subject, org, request.headers.get("Idempotency-Key")))
-    with current_app.extensions["billing_stripe_slots"].hold():
+    slots: checkout.StripeSlots = current_app.extensions["billing_stripe_slots"]
+    with slots.try_hold() as held:
         with tenant_transaction(get_db(), org, caller.subject) as conn:
-            replay = stored_answer(conn, org)
+            replay = stored_answer(conn, org)  # a stored answer needs no slot
             if replay is not None:
                 return replay
+            if not held:
+                raise slots.busy()
             checkout.record_request(conn, topup)
         release_db()
         try:
             session = stripe_gateway.create_checkout_session(
                 client, settings, org, amount, topup.stripe_idempotency_key)
+        except stripe_gateway.StripeOutcomeUnknown:
+            raise  # Stripe may have made the session: pending, for a retry or reconcile
         except PaymentProviderError as exc:
             with tenant_transaction(get_db(), org, caller.subject) as conn:
                 checkout.record_failure(conn, topup, exc.message)
             raise
-    # A concurrent retry with the same key got the same session from Stripe; whichever
-    # stores its answer second replays the first's.
+    # Claims the key with the answer; a retry that stored its answer first is replayed.
     with ledger_write(org) as write:
         if write.replay is not None:
             return write.replay
