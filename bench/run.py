@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from bench.scratch import (
     bench_settings,
     free_port,
     scratch_database,
+    stop_process,
     stripe_signature,
     succeeded_event,
 )
@@ -457,8 +457,7 @@ def main() -> int:
             workers = psutil.Process(service.pid).children()
             rss = [w.memory_info().rss / 2**20 for w in workers]
         finally:
-            service.send_signal(signal.SIGTERM)
-            service.wait(timeout=20)
+            stop_process(service, timeout=20)
         with psycopg.connect(dsn) as conn:
             from billing_gateway.invariants import find_violations
 

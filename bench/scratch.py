@@ -69,6 +69,16 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
+def stop_process(process: subprocess.Popen[Any], timeout: float = 15) -> None:
+    """Stop a server with SIGTERM (gunicorn's graceful stop); kill it if it takes too long."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as probe:
@@ -170,12 +180,7 @@ def nginx_in_front(upstream: str) -> Iterator[int]:
                 time.sleep(0.05)
         yield port
     finally:
-        process.send_signal(signal.SIGTERM)  # fast shutdown: open connections are dropped
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=10)  # fast shutdown: open connections are dropped
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -268,11 +273,7 @@ def gateway(tag: str, *, orgs: int = 5, workers: int = 2, threads: int = 4,
             time.sleep(0.2)
         yield Gateway(base, dsn, server, gunicorn, org_ids, tokens, tag)
     finally:
-        gunicorn.send_signal(signal.SIGTERM)
-        try:
-            gunicorn.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            gunicorn.kill()
+        stop_process(gunicorn)
         if log:
             output.close()  # type: ignore[union-attr]  # a file when log is set
         server.cleanup()

@@ -30,8 +30,6 @@ import argparse
 import functools
 import json
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -48,7 +46,13 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.run import SECRET, start_service
-from bench.scratch import bench_settings, embedded_database, free_port, percentile
+from bench.scratch import (
+    bench_settings,
+    embedded_database,
+    free_port,
+    percentile,
+    stop_process,
+)
 from bench.stripe_standin import StripeStandin
 from billing_gateway.auth import issue_token
 from billing_gateway.config import Settings, load_settings
@@ -183,16 +187,6 @@ def _retry_after(response: requests.Response | None) -> float | None:
         return None
 
 
-def _stop_service(service: subprocess.Popen[bytes]) -> None:
-    """Stop gunicorn gracefully, and kill it when it takes too long."""
-    service.send_signal(signal.SIGTERM)
-    try:
-        service.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        service.kill()
-        service.wait(timeout=10)
-
-
 def run(stripe: str = "slow", delay: float = 12.0, seconds: float = 20.0,
         checkouts: int = 32, workers: int = 2, threads: int = 4, *,
         deduct_rate: float = 40.0, balance_rate: float = 20.0, senders: int = 4,
@@ -230,7 +224,7 @@ def run(stripe: str = "slow", delay: float = 12.0, seconds: float = 20.0,
             report.standin = standin.stats()
             standin.stop()  # before gunicorn: its threads held by Stripe come free now
         finally:
-            _stop_service(service)
+            stop_process(service, timeout=20)
     return report
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import responses
 from flask import Flask
 from flask.testing import FlaskClient
 from psycopg import sql
@@ -106,6 +107,13 @@ def ledger_is_sound(request: pytest.FixtureRequest) -> Iterator[None]:
     problems = find_violations(conn)
     conn.execute("TRUNCATE " + ", ".join(LEDGER_TABLES))  # type: ignore[arg-type]  # constants
     assert problems == [], "ledger invariants broken:\n" + "\n".join(problems)
+
+
+@pytest.fixture
+def stripe_api() -> Iterator[responses.RequestsMock]:
+    """Stripe's HTTP API, stubbed; any unexpected call fails the test."""
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        yield mock
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ responses), with exactly the parameters a top-up needs."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from decimal import Decimal
 from urllib.parse import parse_qs
 
@@ -22,12 +21,6 @@ from tests.conftest import STRIPE_TEST_KEY, TokenFactory
 CHECKOUT = "/api/billing/create-checkout"
 STRIPE_SESSIONS = "https://api.stripe.com/v1/checkout/sessions"
 
-
-@pytest.fixture
-def stripe_api() -> Iterator[responses.RequestsMock]:
-    """Stripe's HTTP API, stubbed; any unexpected call fails the test."""
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
 
 
 def _session_reply(mock: responses.RequestsMock, org: uuid.UUID, amount: int,

@@ -43,12 +43,6 @@ def make_app(settings: Settings) -> Iterator[Callable[..., Flask]]:
         app.extensions["billing_pool"].close()
 
 
-@pytest.fixture
-def stripe_api() -> Iterator[responses.RequestsMock]:
-    """Stripe's HTTP API, stubbed; any unexpected call fails the test."""
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-
 
 def _session(org: uuid.UUID, request_key: str | None = None) -> dict[str, Any]:
     session = stripe_objects.checkout_session(org=org, amount_total=5000, status="open",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -46,11 +45,6 @@ class StripeIntents:
             "object": "list", "url": "/v1/payment_intents", "data": page,
             "has_more": start + 2 < len(self.intents)})
 
-
-@pytest.fixture
-def stripe_api() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
 
 
 def test_reconcile_credits_a_missed_payment_and_nothing_twice(
