@@ -22,8 +22,27 @@ from decimal import Decimal
 from typing import Any
 
 import requests
+import simplejson
 
-from billing_gateway import json_codec
+# This module imports nothing of the server (no Flask, no database driver): the SMS sender
+# installs it with `requests` and `simplejson` alone (README, "For the SMS sender").
+
+
+def _loads(data: bytes) -> Any:
+    """Parse an answer with every non-integer number as a Decimal."""
+    return simplejson.loads(data, use_decimal=True)
+
+
+def _dumps(body: Any) -> str:
+    """Write a body with Decimal as a JSON number (never a float) and UUIDs as strings."""
+    return simplejson.dumps(body, use_decimal=True, allow_nan=False, separators=(",", ":"),
+                            default=_uuid_text)
+
+
+def _uuid_text(value: Any) -> str:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 API_PREFIX = "/api/billing"
 # Answers worth retrying: the request may not have been applied, or was applied and its
@@ -127,7 +146,7 @@ _ERRORS: dict[str, type[BillingError]] = {
 
 def _error_from(response: requests.Response) -> BillingError:
     try:
-        error = json_codec.loads(response.content)["error"]
+        error = _loads(response.content)["error"]
         code, message, fields = error["code"], error["message"], error.get("fields")
     except (ValueError, KeyError, TypeError):
         code, message, fields = "internal_error", response.text[:200], None
@@ -244,7 +263,7 @@ class BillingClient:
         data = None
         if body is not None:
             headers["Content-Type"] = "application/json"
-            data = json_codec.dumps(body)
+            data = _dumps(body)
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
         url = f"{self.base_url}{API_PREFIX}{path}"
@@ -264,7 +283,7 @@ class BillingClient:
                 continue
             if response.status_code >= 400:
                 raise _error_from(response)
-            result: dict[str, Any] = json_codec.loads(response.content)
+            result: dict[str, Any] = _loads(response.content)
             return result
         raise AssertionError("unreachable")  # the last attempt returns or raises
 

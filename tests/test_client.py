@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -183,3 +185,18 @@ def test_create_checkout(connect: Callable[..., Any], org: uuid.UUID) -> None:
     assert answer == {"sessionId": session["id"], "url": session["url"]}
     with pytest.raises(billing.ValidationError):
         connect("member", org).create_checkout("4.99")
+
+
+def test_the_client_imports_no_server_code() -> None:
+    """The SMS sender installs the client with requests and simplejson alone: importing it
+    in a fresh interpreter loads neither Flask, nor a database driver, nor a server module."""
+    probe = (
+        "import sys, billing_gateway.client\n"
+        "server = ('flask', 'werkzeug', 'psycopg', 'psycopg_pool', 'stripe', 'marshmallow',"
+        " 'flask_smorest', 'flask_jwt_extended', 'gunicorn')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in server"
+        " or (m.startswith('billing_gateway.') and m != 'billing_gateway.client')))\n")
+    result = subprocess.run(  # noqa: S603  # our own interpreter and a constant probe
+        [sys.executable, "-c", probe], capture_output=True, text=True,
+        check=True, timeout=60)
+    assert result.stdout.strip() == "[]", result.stdout

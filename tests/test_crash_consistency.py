@@ -3,7 +3,12 @@ gunicorn worker SIGKILLed and PostgreSQL stopped with an immediate shutdown mid-
 
 from __future__ import annotations
 
+import pytest
+
 from bench.crash_test import run
+
+# Not in the everyday loop (-m "not slow"): gunicorn and PostgreSQL crashed under load.
+pytestmark = pytest.mark.slow
 
 
 def test_every_acknowledged_write_survives_crashes_exactly_once() -> None:

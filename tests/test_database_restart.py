@@ -11,6 +11,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import psycopg
+import pytest
 from flask.testing import FlaskClient
 from psycopg_pool import PoolTimeout
 
@@ -20,6 +21,9 @@ from billing_gateway.config import Settings
 from billing_gateway.db import RECONNECT_INTERVAL, get_pool, make_pool
 from billing_gateway.migrations import migrate
 from tests.conftest import TokenFactory
+
+# Not in the everyday loop (-m "not slow"): PostgreSQL of its own, stopped and started under load.
+pytestmark = pytest.mark.slow
 
 
 def test_a_pooled_connection_that_died_while_idle_is_replaced_unseen(

@@ -23,6 +23,9 @@ from billing_gateway.auth import issue_token
 from billing_gateway.config import Settings
 from tests import stripe_objects
 
+# Not in the everyday loop (-m "not slow"): schemathesis: thousands of requests per role.
+pytestmark = pytest.mark.slow
+
 # Examples per operation and role (CI runs the default; raise it for a longer hunt).
 EXAMPLES = int(os.environ.get("BILLING_FUZZ_EXAMPLES", "200"))
 FUZZ_ORG = uuid.UUID("00000000-0000-4000-8000-00000000f022")

@@ -22,6 +22,9 @@ from billing_gateway.auth import issue_token
 from billing_gateway.config import Settings
 from tests.test_cli import Served
 
+# Not in the everyday loop (-m "not slow"): gunicorn and nginx of their own, 120 slow clients.
+pytestmark = pytest.mark.slow
+
 
 def require_nginx() -> None:
     """Skip without nginx on a developer's machine; in CI (CI set) a missing nginx fails."""

@@ -8,6 +8,9 @@ import pytest
 
 from bench.slow_stripe import Report, render, run
 
+# Not in the everyday loop (-m "not slow"): gunicorn against a slow and a silent Stripe, 10 s each.
+pytestmark = pytest.mark.slow
+
 SECONDS = 10.0
 CHECKOUTS = 32
 DEDUCT_RATE = 40.0

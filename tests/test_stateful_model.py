@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
+import pytest
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -28,6 +29,9 @@ from billing_gateway.invariants import find_violations
 from tests import stripe_objects as so
 from tests.conftest import TokenFactory
 from tests.test_stripe_webhook import deliver
+
+# Not in the everyday loop (-m "not slow"): hundreds of generated sequences of requests.
+pytestmark = pytest.mark.slow
 
 # How much CI explores; raise them for a longer hunt.
 EXAMPLES = int(os.environ.get("BILLING_STATEFUL_EXAMPLES", "40"))

@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 
 from billing_gateway import cli, invariants
 from tests import stripe_objects as so
-from tests.conftest import LEDGER_TABLES, TokenFactory
+from tests.conftest import TokenFactory, empty_every_table
 from tests.test_stripe_webhook import deliver
 
 
@@ -26,7 +26,7 @@ def tamper(owner_conn: psycopg.Connection) -> Iterator[Callable[[str, tuple], No
             owner_conn.execute(statement.encode(), params)
 
     yield run
-    owner_conn.execute("TRUNCATE " + ", ".join(LEDGER_TABLES))  # type: ignore[arg-type]
+    empty_every_table(owner_conn)
 
 
 @pytest.fixture
