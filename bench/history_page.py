@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.scratch import bench_settings, percentile, scratch_database
 from billing_gateway import create_app
-from billing_gateway.auth import issue_token
-from billing_gateway.invariants import find_violations
+from billing_gateway.ledger.invariants import find_violations
+from billing_gateway.platform.auth import issue_token
 
 SEED = """
 WITH s AS (

@@ -49,7 +49,7 @@ from bench.scratch import (
     stripe_signature,
     succeeded_event,
 )
-from billing_gateway.auth import issue_token
+from billing_gateway.platform.auth import issue_token
 
 HERE = Path(__file__).resolve().parent
 SECRET = "bench-secret-" + "s" * 40
@@ -459,7 +459,7 @@ def main() -> int:
         finally:
             stop_process(service, timeout=20)
         with psycopg.connect(dsn) as conn:
-            from billing_gateway.invariants import find_violations
+            from billing_gateway.ledger.invariants import find_violations
 
             violations = find_violations(conn)
             exact = conn.execute(

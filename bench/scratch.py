@@ -28,11 +28,11 @@ import psycopg
 import requests
 from psycopg import sql
 
-from billing_gateway import embedded
-from billing_gateway.auth import issue_token
-from billing_gateway.config import Settings
-from billing_gateway.invariants import find_violations
-from billing_gateway.migrations import migrate
+from billing_gateway.ledger.invariants import find_violations
+from billing_gateway.platform import embedded
+from billing_gateway.platform.auth import issue_token
+from billing_gateway.platform.config import Settings
+from billing_gateway.platform.migrations import migrate
 
 
 @contextmanager

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.run import SECRET, start_service
 from bench.scratch import bench_settings, free_port, nginx_in_front, percentile, scratch_database
-from billing_gateway.auth import issue_token
+from billing_gateway.platform.auth import issue_token
 
 # The request line and the start of the headers go at once (so gunicorn commits a thread
 # to the connection at once); then one byte of a header that never ends.

@@ -54,8 +54,8 @@ from bench.scratch import (
     stop_process,
 )
 from bench.stripe_standin import StripeStandin
-from billing_gateway.auth import issue_token
-from billing_gateway.config import Settings, load_settings
+from billing_gateway.platform.auth import issue_token
+from billing_gateway.platform.config import Settings, load_settings
 
 API = "/api/billing"
 # The issue's bound for charges and balance reads while Stripe is slow.

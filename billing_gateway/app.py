@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import uuid
 
 from flask import Flask, Response, g, request
@@ -12,11 +11,12 @@ from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from billing_gateway import auth, checkout, db, rate_limits
-from billing_gateway.config import Settings, load_settings
-from billing_gateway.errors import handle_http_exception, register_error_handlers
-from billing_gateway.json_codec import DecimalJSONProvider
-from billing_gateway.schemas import BulkChargeItem, ErrorResponse
+from billing_gateway import ledger, platform, topups, usage
+from billing_gateway.platform import auth, db, rate_limits
+from billing_gateway.platform.config import Settings, load_settings
+from billing_gateway.platform.errors import handle_http_exception, register_error_handlers
+from billing_gateway.platform.json_codec import DecimalJSONProvider
+from billing_gateway.platform.schemas import ErrorResponse
 
 __all__ = ["create_app"]
 
@@ -86,16 +86,12 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     app.before_request(_assign_request_id)
     app.after_request(_echo_request_id)
 
-    from billing_gateway.api import balance, funds, health, pricing, stripe, transactions, usage
-
     api = BillingApi(app)
-    for module in (health, balance, funds, transactions, usage, pricing, stripe):
-        api.register_blueprint(module.blp)
-    _document_deployment_bounds(api, settings)
-    api.spec.components.schema("BulkChargeItem", schema=BulkChargeItem)
+    # Each domain registers itself; platform first (the others stand on it).
+    for domain in (platform, ledger, usage, topups):
+        domain.init_app(app, api, settings)
+    # After every view exists: it exempts the probes and the webhook by endpoint name.
     app.extensions["billing_limiter"] = rate_limits.init_app(app, settings)
-    app.extensions["billing_stripe_slots"] = checkout.StripeSlots(
-        settings.stripe_concurrency, retry_after=math.ceil(settings.stripe_timeout))
     if settings.trusted_proxies:
         # Behind N proxies the client is the Nth address from the right of X-Forwarded-For;
         # trusting more hops than exist would let a caller choose its own address (and
@@ -105,10 +101,3 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             app.wsgi_app, x_for=settings.trusted_proxies, x_proto=1)
     return app
 
-
-def _document_deployment_bounds(api: Api, settings: Settings) -> None:
-    """Write this deployment's top-up bounds into /openapi.json, so a client built from it
-    (or a fuzzer) knows which amounts create-checkout accepts."""
-    amount = api.spec.components.schemas["CheckoutRequest"]["properties"]["amount"]
-    amount.update(minimum=float(settings.min_topup), maximum=float(settings.max_topup),
-                  exclusiveMinimum=False)

@@ -13,11 +13,13 @@ from typing import Any
 
 import psycopg
 
-from billing_gateway import embedded, invariants, reconcile
-from billing_gateway.auth import ADMIN, MEMBER, ROLES, issue_token
-from billing_gateway.config import ConfigError, Settings, load_settings, warn_if_dev_secret
-from billing_gateway.errors import BillingError
-from billing_gateway.migrations import migrate
+from billing_gateway.ledger import invariants
+from billing_gateway.platform import embedded
+from billing_gateway.platform.auth import ADMIN, MEMBER, ROLES, issue_token
+from billing_gateway.platform.config import ConfigError, Settings, load_settings, warn_if_dev_secret
+from billing_gateway.platform.errors import BillingError
+from billing_gateway.platform.migrations import migrate
+from billing_gateway.topups import reconcile
 
 DEMO_ORG_FILE = "demo-org"
 

@@ -16,11 +16,12 @@ from flask import Flask
 from flask.testing import FlaskClient
 from psycopg import sql
 
-from billing_gateway import create_app, embedded
-from billing_gateway.auth import issue_token
-from billing_gateway.config import Settings
-from billing_gateway.invariants import find_violations
-from billing_gateway.migrations import migrate
+from billing_gateway import create_app
+from billing_gateway.ledger.invariants import find_violations
+from billing_gateway.platform import embedded
+from billing_gateway.platform.auth import issue_token
+from billing_gateway.platform.config import Settings
+from billing_gateway.platform.migrations import migrate
 
 TEST_SECRET = "test-secret-" + "x" * 40
 STRIPE_TEST_KEY = "sk_test_51BillingGatewayTestKey"

@@ -15,7 +15,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from billing_gateway import create_app
-from billing_gateway.config import Settings
+from billing_gateway.platform.config import Settings
 from tests.conftest import TEST_SECRET, TokenFactory
 
 BALANCE = "/api/billing/balance"

@@ -228,7 +228,7 @@ def test_idempotency_key_replays_the_whole_answer(client: FlaskClient, auth: Tok
 def test_the_batch_cannot_reach_an_org_outside_its_tenant_set(
     app: Flask, org: uuid.UUID, other_org: uuid.UUID
 ) -> None:
-    from billing_gateway.db import get_pool, tenant_set_transaction
+    from billing_gateway.platform.db import get_pool, tenant_set_transaction
 
     with get_pool(app).connection() as conn, pytest.raises(
         psycopg.errors.InsufficientPrivilege

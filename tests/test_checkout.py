@@ -14,7 +14,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from billing_gateway import create_app
-from billing_gateway.config import Settings
+from billing_gateway.platform.config import Settings
 from tests import stripe_objects
 from tests.conftest import STRIPE_TEST_KEY, TokenFactory
 

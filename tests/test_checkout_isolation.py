@@ -19,8 +19,9 @@ import pytest
 import responses
 from flask import Flask
 
-from billing_gateway import create_app, reconcile
-from billing_gateway.config import Settings
+from billing_gateway import create_app
+from billing_gateway.platform.config import Settings
+from billing_gateway.topups import reconcile
 from tests import stripe_objects
 from tests.conftest import TokenFactory
 

@@ -17,8 +17,8 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 from billing_gateway import client as billing
-from billing_gateway.auth import issue_token
-from billing_gateway.config import Settings
+from billing_gateway.platform.auth import issue_token
+from billing_gateway.platform.config import Settings
 
 
 class LoseAnswers:

@@ -10,19 +10,20 @@ from decimal import Decimal
 import psycopg
 from flask import Flask
 
-from billing_gateway import ledger
-from billing_gateway.db import get_pool, tenant_transaction
+from billing_gateway.ledger import credits
+from billing_gateway.platform.db import get_pool, tenant_transaction
+from billing_gateway.usage import charges
 
 
 def _debit(app: Flask, org: uuid.UUID, amount: Decimal, message_id: str | None) -> str:
     with get_pool(app).connection() as conn, tenant_transaction(conn, org):
-        return ledger.debit(conn, org, amount, sms_count=1, cost_per_sms=amount,
+        return charges.debit(conn, org, amount, sms_count=1, cost_per_sms=amount,
                             message_id=message_id).outcome
 
 
 def _credit(app: Flask, org: uuid.UUID, amount: Decimal) -> str:
     with get_pool(app).connection() as conn, tenant_transaction(conn, org):
-        return ledger.credit(conn, org, amount, type="bonus").outcome
+        return credits.credit(conn, org, amount, type="bonus").outcome
 
 
 def _ledger_sum(owner: psycopg.Connection, org: uuid.UUID) -> tuple[Decimal, Decimal]:
@@ -80,6 +81,6 @@ def test_sub_cent_prices_do_not_drift(app: Flask, org: uuid.UUID,
     with get_pool(app).connection() as conn:
         for i in range(1000):
             with tenant_transaction(conn, org):
-                ledger.debit(conn, org, Decimal("0.0075"), sms_count=1,
+                charges.debit(conn, org, Decimal("0.0075"), sms_count=1,
                              cost_per_sms=Decimal("0.0075"), message_id=f"m{i}")
     assert _ledger_sum(owner_conn, org) == (Decimal("2.5000"), Decimal("2.5000"))

@@ -16,10 +16,11 @@ from flask.testing import FlaskClient
 from psycopg_pool import PoolTimeout
 
 from bench.db_restart import RECOVERY_SECONDS, run
-from billing_gateway import create_app, embedded
-from billing_gateway.config import Settings
-from billing_gateway.db import RECONNECT_INTERVAL, get_pool, make_pool
-from billing_gateway.migrations import migrate
+from billing_gateway import create_app
+from billing_gateway.platform import embedded
+from billing_gateway.platform.config import Settings
+from billing_gateway.platform.db import RECONNECT_INTERVAL, get_pool, make_pool
+from billing_gateway.platform.migrations import migrate
 from tests.conftest import TokenFactory
 
 # Not in the everyday loop (-m "not slow"): PostgreSQL of its own, stopped and started under load.

@@ -9,7 +9,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from billing_gateway import create_app
-from billing_gateway.config import Settings
+from billing_gateway.platform.config import Settings
 from tests.conftest import TokenFactory
 
 

@@ -19,8 +19,8 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 from billing_gateway import create_app
-from billing_gateway.auth import issue_token
-from billing_gateway.config import Settings
+from billing_gateway.platform.auth import issue_token
+from billing_gateway.platform.config import Settings
 from tests import stripe_objects
 
 # Not in the everyday loop (-m "not slow"): schemathesis: thousands of requests per role.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask.testing import FlaskClient
 
 from billing_gateway import create_app
-from billing_gateway.config import Settings
+from billing_gateway.platform.config import Settings
 
 
 def test_healthz_answers_without_database(client: FlaskClient) -> None:

@@ -9,8 +9,9 @@ import psycopg
 import pytest
 from flask import Flask
 
-from billing_gateway import ledger
-from billing_gateway.db import get_pool, tenant_transaction
+from billing_gateway.ledger import credits
+from billing_gateway.platform.db import get_pool, tenant_transaction
+from billing_gateway.usage import charges
 
 
 @pytest.mark.parametrize("amount", ["NaN", "0", "-1", "Infinity", "1e15"])
@@ -30,18 +31,18 @@ def test_add_credits_refuses_debit_types(app: Flask, org: uuid.UUID) -> None:
 
 def test_balance_functions(app: Flask, org: uuid.UUID) -> None:
     with get_pool(app).connection() as conn, tenant_transaction(conn, org):
-        assert ledger.get_balance(conn, org) == 0
-        ledger.credit(conn, org, Decimal("12.50"))
-        assert ledger.get_balance(conn, org) == Decimal("12.50")
-        assert ledger.has_sufficient_balance(conn, org, Decimal("12.50"))
-        assert not ledger.has_sufficient_balance(conn, org, Decimal("12.5001"))
+        assert credits.get_balance(conn, org) == 0
+        credits.credit(conn, org, Decimal("12.50"))
+        assert credits.get_balance(conn, org) == Decimal("12.50")
+        assert credits.has_sufficient_balance(conn, org, Decimal("12.50"))
+        assert not credits.has_sufficient_balance(conn, org, Decimal("12.5001"))
 
 
 def test_debit_beyond_balance_writes_nothing(app: Flask, org: uuid.UUID,
                                              owner_conn: psycopg.Connection) -> None:
     with get_pool(app).connection() as conn, tenant_transaction(conn, org):
-        ledger.credit(conn, org, Decimal("1.00"))
-        result = ledger.debit(conn, org, Decimal("1.0001"), message_id="too-much")
+        credits.credit(conn, org, Decimal("1.00"))
+        result = charges.debit(conn, org, Decimal("1.0001"), message_id="too-much")
     assert (result.outcome, result.transaction_id, result.balance) == (
         "insufficient_funds", None, Decimal("1.0000"))
     rows = owner_conn.execute("SELECT count(*) FROM billing_transactions WHERE org_id = %s",

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from billing_gateway.migrations import migrate, pending_files
+from billing_gateway.platform.migrations import migrate, pending_files
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from billing_gateway import json_codec, money
+from billing_gateway.platform import json_codec, money
 
 
 @pytest.mark.parametrize("value,expected", [

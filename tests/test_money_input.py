@@ -10,8 +10,8 @@ from decimal import Decimal
 import pytest
 from flask.testing import FlaskClient
 
-from billing_gateway import money
-from billing_gateway.config import ConfigError, load_settings
+from billing_gateway.platform import money
+from billing_gateway.platform.config import ConfigError, load_settings
 from tests.conftest import TokenFactory
 
 # Each is accepted by Decimal() (or int()) and must be refused by the service.

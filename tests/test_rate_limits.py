@@ -11,7 +11,7 @@ import pytest
 from flask import Flask
 
 from billing_gateway import create_app
-from billing_gateway.config import Settings
+from billing_gateway.platform.config import Settings
 from tests import stripe_objects as so
 from tests.conftest import TokenFactory
 from tests.test_stripe_webhook import balance, deliver

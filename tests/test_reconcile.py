@@ -14,8 +14,9 @@ import pytest
 import responses
 from flask.testing import FlaskClient
 
-from billing_gateway import cli, reconcile
-from billing_gateway.config import Settings
+from billing_gateway import cli
+from billing_gateway.platform.config import Settings
+from billing_gateway.topups import reconcile
 from tests import stripe_objects as so
 from tests.conftest import STRIPE_TEST_KEY, ledger_inserts_fail
 from tests.test_stripe_webhook import balance, deliver

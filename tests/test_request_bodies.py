@@ -8,7 +8,7 @@ import uuid
 import pytest
 from flask.testing import FlaskClient
 
-from billing_gateway import json_codec
+from billing_gateway.platform import json_codec
 from tests.conftest import TokenFactory
 
 # (path, role) of every endpoint with a JSON body; members reach create-checkout.

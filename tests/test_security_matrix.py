@@ -12,7 +12,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from billing_gateway.db import get_pool
+from billing_gateway.platform.db import get_pool
 from tests.conftest import TokenFactory
 
 # Routes anyone may call: probes, the API description, and Stripe's webhook (which

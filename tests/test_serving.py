@@ -18,8 +18,8 @@ import pytest
 from bench.run import SECRET, start_service
 from bench.scratch import free_port, nginx_in_front, nginx_path, percentile
 from bench.slow_clients import SlowClients, fund, timed_charges
-from billing_gateway.auth import issue_token
-from billing_gateway.config import Settings
+from billing_gateway.platform.auth import issue_token
+from billing_gateway.platform.config import Settings
 from tests.test_cli import Served
 
 # Not in the everyday loop (-m "not slow"): gunicorn and nginx of their own, 120 slow clients.

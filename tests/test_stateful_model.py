@@ -25,7 +25,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from billing_gateway.invariants import find_violations
+from billing_gateway.ledger.invariants import find_violations
 from tests import stripe_objects as so
 from tests.conftest import TokenFactory
 from tests.test_stripe_webhook import deliver

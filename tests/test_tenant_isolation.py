@@ -10,9 +10,10 @@ import psycopg
 import pytest
 from flask import Flask
 
-from billing_gateway import create_app, ledger
-from billing_gateway.config import Settings
-from billing_gateway.db import get_pool, tenant_transaction
+from billing_gateway import create_app
+from billing_gateway.ledger import credits
+from billing_gateway.platform.config import Settings
+from billing_gateway.platform.db import get_pool, tenant_transaction
 from tests.conftest import TokenFactory
 
 
@@ -74,7 +75,7 @@ def test_tenant_setting_ends_with_the_transaction(app: Flask, org: uuid.UUID) ->
 def test_cannot_write_into_another_org(app: Flask, org: uuid.UUID, other_org: uuid.UUID) -> None:
     with get_pool(app).connection() as conn:
         with pytest.raises(psycopg.errors.InsufficientPrivilege), tenant_transaction(conn, org):
-            ledger.credit(conn, other_org, Decimal("100"))
+            credits.credit(conn, other_org, Decimal("100"))
         with pytest.raises(psycopg.errors.InsufficientPrivilege), tenant_transaction(conn, org):
             conn.execute("INSERT INTO organizations (id, sms_balance) VALUES (%s, 1000000)",
                          (other_org,))

@@ -10,8 +10,9 @@ import psycopg
 import pytest
 from flask.testing import FlaskClient
 
-from billing_gateway import ledger
-from billing_gateway.db import tenant_transaction
+from billing_gateway.ledger import history as ledger_history
+from billing_gateway.platform.db import tenant_transaction
+from billing_gateway.usage import charges
 from tests.conftest import TokenFactory
 
 TRANSACTIONS = "/api/billing/transactions"
@@ -26,7 +27,7 @@ def history(credit, org: uuid.UUID, database_url: str) -> list[str]:  # type: ig
         conn.execute("SET ROLE billing_app")
         for n in range(3):
             with tenant_transaction(conn, org) as tx:
-                result = ledger.debit(tx, org, Decimal("0.0075"), sms_count=1,
+                result = charges.debit(tx, org, Decimal("0.0075"), sms_count=1,
                                       cost_per_sms=Decimal("0.0075"), message_id=f"m{n}")
                 ids.append(str(result.transaction_id))
     return ids
@@ -127,12 +128,12 @@ def test_deep_page_is_an_index_range_under_rls(app, history: list[str],  # type:
     # Regression guard: if the position bound stops being an index condition (it once was
     # a filter, because computed bounds are not leakproof under RLS), a page at offset N
     # reads N rows and history no longer scales.
-    from billing_gateway.db import get_pool
+    from billing_gateway.platform.db import get_pool
 
     with get_pool(app).connection() as conn, tenant_transaction(conn, org):
         plan = "\n".join(row[0] for row in conn.execute(
-            "EXPLAIN " + ledger._PAGE_ALL, (org, 2, 3)))
+            "EXPLAIN " + ledger_history._PAGE_ALL, (org, 2, 3)))
         type_plan = "\n".join(row[0] for row in conn.execute(
-            "EXPLAIN " + ledger._PAGE_OF_TYPE, (org, "bonus", 1, 2)))
+            "EXPLAIN " + ledger_history._PAGE_OF_TYPE, (org, "bonus", 1, 2)))
     assert "seq >=" in plan and "Index Cond" in plan and "Filter: (seq" not in plan
     assert "type_seq >=" in type_plan and "Filter: (type_seq" not in type_plan

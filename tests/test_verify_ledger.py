@@ -9,7 +9,8 @@ import psycopg
 import pytest
 from flask.testing import FlaskClient
 
-from billing_gateway import cli, invariants
+from billing_gateway import cli
+from billing_gateway.ledger import invariants
 from tests import stripe_objects as so
 from tests.conftest import TokenFactory, empty_every_table
 from tests.test_stripe_webhook import deliver

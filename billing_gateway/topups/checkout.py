@@ -20,7 +20,7 @@ from typing import Any
 
 import psycopg
 
-from billing_gateway.errors import IdempotencyConflict, ServiceUnavailable
+from billing_gateway.platform.errors import IdempotencyConflict, ServiceUnavailable
 
 # A pending request older than this is no longer in flight anywhere: a Stripe call lasts
 # at most STRIPE_TIMEOUT x (STRIPE_MAX_RETRIES + 1) plus the SDK's backoff, seconds.

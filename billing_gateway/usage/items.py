@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from billing_gateway import money, text
+from billing_gateway.platform import money, text
 
 MAX_SMS_COUNT = 1_000_000
 MAX_BULK_ITEMS = 1000

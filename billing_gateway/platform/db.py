@@ -11,7 +11,7 @@ import psycopg
 from flask import Flask, current_app, g
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from billing_gateway.errors import ServiceUnavailable
+from billing_gateway.platform.errors import ServiceUnavailable
 
 # The role that requests run under (created by sql/001_ledger.sql). RLS binds it.
 APP_ROLE = "billing_app"

@@ -22,9 +22,9 @@ from flask_jwt_extended import verify_jwt_in_request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
-from billing_gateway.auth import SERVICE, Caller, current_caller
-from billing_gateway.config import Settings
-from billing_gateway.errors import BillingError
+from billing_gateway.platform.auth import SERVICE, Caller, current_caller
+from billing_gateway.platform.config import Settings
+from billing_gateway.platform.errors import BillingError
 
 log = logging.getLogger("billing_gateway")
 

@@ -1,47 +1,52 @@
-"""POST /deduct: the SMS sender charges a message to its organization's balance."""
+"""Charges, usage refunds and prices: the SMS sender's and admins' endpoints."""
 
 from __future__ import annotations
 
 from collections import Counter
 from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 import psycopg
 from flask import Response, current_app, request
 
-from billing_gateway import ledger, money
-from billing_gateway.api import blueprint
-from billing_gateway.api.ledger_write import LedgerWrite, ledger_write
-from billing_gateway.auth import ADMIN, SERVICE, current_caller, require_role
-from billing_gateway.charges import Charge, InvalidCharge
-from billing_gateway.db import get_db
-from billing_gateway.errors import InsufficientFunds, NotFound, ValidationFailed
-from billing_gateway.schemas import (
+from billing_gateway.ledger.schemas import LedgerWriteResponse
+from billing_gateway.ledger.writes import LedgerWrite, ledger_write
+from billing_gateway.platform import money
+from billing_gateway.platform.auth import ADMIN, SERVICE, current_caller, require_role
+from billing_gateway.platform.db import get_db, tenant_transaction
+from billing_gateway.platform.errors import InsufficientFunds, NotFound, ValidationFailed
+from billing_gateway.platform.http import blueprint
+from billing_gateway.usage import charges, pricing
+from billing_gateway.usage.items import Charge, InvalidCharge
+from billing_gateway.usage.schemas import (
     BulkChargeRequest,
     BulkChargeResponse,
     DeductRequest,
     DeductResponse,
-    LedgerWriteResponse,
+    PricingRequest,
+    PricingResponse,
     UsageRefundRequest,
 )
 
-blp = blueprint("usage", "SMS usage charged to an organization's balance.")
+usage_blp = blueprint("usage", "SMS usage charged to an organization's balance.")
 _RESPONSE = DeductResponse()
 _REFUND_RESPONSE = LedgerWriteResponse()
 
 
-@blp.route("/deduct", methods=["POST"])
+@usage_blp.route("/deduct", methods=["POST"])
 @require_role(SERVICE)
-@blp.arguments(DeductRequest)
-@blp.response(201, DeductResponse)
-@blp.alt_response(402, description="The balance does not cover the charge; nothing is charged.")
+@usage_blp.arguments(DeductRequest)
+@usage_blp.response(201, DeductResponse)
+@usage_blp.alt_response(
+    402, description="The balance does not cover the charge; nothing is charged.")
 def deduct(args: dict[str, Any]) -> Response:
     """Charge smsCount x costPerSms once per messageId; never below zero."""
     settings = current_app.config["BILLING_SETTINGS"]
     org, caller = args["org_id"], current_caller().subject
 
-    def charge(conn: psycopg.Connection) -> ledger.ChargeResult:
-        result = ledger.charge(
+    def charge(conn: psycopg.Connection) -> charges.ChargeResult:
+        result = charges.charge(
             conn, org, caller=caller, sms_count=args["sms_count"],
             cost_per_sms=args.get("cost_per_sms"), default_price=settings.default_sms_price,
             message_id=args["message_id"], campaign_id=args.get("campaign_id"),
@@ -67,7 +72,7 @@ def deduct(args: dict[str, Any]) -> Response:
 
 
 def _bulk_result(index: int, item: Charge | InvalidCharge,
-                 outcome: ledger.BulkOutcome | None) -> dict[str, Any]:
+                 outcome: charges.BulkOutcome | None) -> dict[str, Any]:
     if isinstance(item, InvalidCharge):
         return {"index": index, "outcome": "invalid", "transactionId": None,
                 "reason": item.reason, "fields": item.fields}
@@ -82,10 +87,10 @@ def _bulk_result(index: int, item: Charge | InvalidCharge,
             "balance": money.to_number(outcome.balance)}
 
 
-@blp.route("/deduct/bulk", methods=["POST"])
+@usage_blp.route("/deduct/bulk", methods=["POST"])
 @require_role(SERVICE)
-@blp.arguments(BulkChargeRequest)
-@blp.response(200, BulkChargeResponse)
+@usage_blp.arguments(BulkChargeRequest)
+@usage_blp.response(200, BulkChargeResponse)
 def deduct_bulk(args: dict[str, Any]) -> Response:
     """Charge up to 1,000 messages, each for its own org, each applied or refused on its own.
 
@@ -97,7 +102,7 @@ def deduct_bulk(args: dict[str, Any]) -> Response:
     with ledger_write(None, org_ids={charge.org_id for charge in valid}) as write:
         if write.replay is not None:
             return write.replay
-        outcomes = iter(ledger.charge_bulk(
+        outcomes = iter(charges.charge_bulk(
             write.conn, valid,
             default_price=current_app.config["BILLING_SETTINGS"].default_sms_price,
             created_by=current_caller().subject,
@@ -115,11 +120,11 @@ def deduct_bulk(args: dict[str, Any]) -> Response:
         })
 
 
-@blp.route("/usage/refund", methods=["POST"])
+@usage_blp.route("/usage/refund", methods=["POST"])
 @require_role(SERVICE, ADMIN)
-@blp.arguments(UsageRefundRequest)
-@blp.response(201, LedgerWriteResponse)
-@blp.alt_response(404, description="No charge for this messageId in this org.")
+@usage_blp.arguments(UsageRefundRequest)
+@usage_blp.response(201, LedgerWriteResponse)
+@usage_blp.alt_response(404, description="No charge for this messageId in this org.")
 def refund_usage(args: dict[str, Any]) -> Response:
     """Give back the charge of a message (an undelivered SMS): once, never more than charged.
 
@@ -129,7 +134,7 @@ def refund_usage(args: dict[str, Any]) -> Response:
     with ledger_write(org) as write:
         if write.replay is not None:
             return write.replay
-        result = ledger.refund_usage(
+        result = charges.refund_usage(
             write.conn, org, args["message_id"], args.get("amount"),
             description=args.get("description") or f"Refund of message {args['message_id']}",
             created_by=current_caller().subject,
@@ -141,3 +146,23 @@ def refund_usage(args: dict[str, Any]) -> Response:
                 "The refund is larger than the charge",
                 fields={"amount": ["Must not exceed the amount charged for this message."]})
         return write.created(result, _REFUND_RESPONSE)
+
+
+pricing_blp = blueprint("pricing", "Per-organization SMS prices.")
+
+
+@pricing_blp.route("/orgs/<uuid:org_id>/pricing", methods=["PUT"])
+@require_role(ADMIN)
+@pricing_blp.arguments(PricingRequest)
+@pricing_blp.response(200, PricingResponse)
+def set_pricing(args: dict[str, Any], org_id: UUID) -> dict[str, Any]:
+    """Set the price charged per SMS when a charge names none (null: the default again).
+
+    Charges already made keep the price they were made at.
+    """
+    price = args["sms_price"]
+    with tenant_transaction(get_db(), org_id, current_caller().subject) as conn:
+        pricing.set_sms_price(conn, org_id, price)
+    default = current_app.config["BILLING_SETTINGS"].default_sms_price
+    return {"org_id": org_id, "sms_price": price or default,
+            "source": "default" if price is None else "org"}

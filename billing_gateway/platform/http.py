@@ -1,4 +1,5 @@
-"""HTTP API: one blueprint per resource, all under /api/billing."""
+"""HTTP plumbing every domain's views use: /api/billing blueprints, a body parser with exact
+decimals."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from flask_smorest import Blueprint
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 
-from billing_gateway import json_codec
-from billing_gateway.errors import ValidationFailed
+from billing_gateway.platform import json_codec
+from billing_gateway.platform.errors import ValidationFailed
 
 PREFIX = "/api/billing"
 

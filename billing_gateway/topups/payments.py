@@ -16,9 +16,10 @@ from uuid import UUID
 import psycopg
 from psycopg.rows import class_row
 
-from billing_gateway import ledger, money
-from billing_gateway.db import enter_org
-from billing_gateway.errors import IdempotencyConflict
+from billing_gateway.ledger import credits
+from billing_gateway.platform import money
+from billing_gateway.platform.db import enter_org
+from billing_gateway.platform.errors import IdempotencyConflict
 
 CREATED_BY = "stripe"
 
@@ -76,7 +77,7 @@ def credit_payment(conn: psycopg.Connection, payment_intent_id: str, org_id: UUI
     try:
         # A savepoint: a refused credit must not abort the event's transaction.
         with conn.transaction():
-            result = ledger.credit(
+            result = credits.credit(
                 conn, org_id, money.from_minor_units(amount_minor, currency),
                 type="purchase", payment_method="stripe", payment_intent_id=payment_intent_id,
                 description="Stripe top-up", created_by=CREATED_BY,
@@ -140,7 +141,7 @@ def settle(conn: psycopg.Connection, payment: Payment) -> str | None:
         "SELECT transaction_id, taken FROM reverse_credits(%s, %s, %s, %s, %s, %s)",
         (payment.org_id, owed, payment.payment_intent_id,
          "Stripe refund or lost dispute", CREATED_BY,
-         ledger.jsonb({"refunded_minor": payment.refunded_minor,
+         credits.jsonb({"refunded_minor": payment.refunded_minor,
                        "disputed_minor": payment.disputed_minor})),
     ).fetchone()
     assert row is not None

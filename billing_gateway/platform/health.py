@@ -6,9 +6,9 @@ from typing import Any
 
 from flask_smorest import Blueprint
 
-from billing_gateway.db import get_pool
-from billing_gateway.errors import ServiceUnavailable
-from billing_gateway.schemas import Health
+from billing_gateway.platform.db import get_pool
+from billing_gateway.platform.errors import ServiceUnavailable
+from billing_gateway.platform.schemas import Health
 
 blp = Blueprint("health", __name__, description="Probes for load balancers and orchestrators.")
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 
-from billing_gateway.money import (
+from billing_gateway.platform.money import (
     LEDGER_PLACES,
     AmountError,
     currency_exponent,

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import psycopg
 import stripe
 
-from billing_gateway import checkout, payments, stripe_events, stripe_gateway
-from billing_gateway.config import Settings
-from billing_gateway.db import as_app_role, enter_org, stripe_transaction
+from billing_gateway.platform.config import Settings
+from billing_gateway.platform.db import as_app_role, enter_org, stripe_transaction
+from billing_gateway.topups import checkout, payments, stripe_client, webhook_events
 
 _SPAN = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -49,7 +49,7 @@ class Report:
 def run(settings: Settings, dsn: str, since: dt.timedelta,
         say: Callable[[str], None] = print) -> Report:
     """Reconcile the PaymentIntents created within `since`, then the failed events."""
-    client = stripe_gateway.make_client(settings)
+    client = stripe_client.make_client(settings)
     report = Report()
     created_after = int(time.time() - since.total_seconds())
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -59,7 +59,7 @@ def run(settings: Settings, dsn: str, since: dt.timedelta,
         for intent in intents.auto_paging_iter():
             if intent.status != "succeeded":
                 continue
-            org = stripe_gateway.tagged_org(intent.metadata.to_dict())
+            org = stripe_client.tagged_org(intent.metadata.to_dict())
             if org is None:
                 continue
             report.checked += 1
@@ -74,9 +74,9 @@ def run(settings: Settings, dsn: str, since: dt.timedelta,
             elif outcome != "duplicate":
                 report.unrepaired.append(intent.id)
                 say(f"NOT credited {intent.id} (org {org}): {outcome}")
-        for event in stripe_events.unprocessed(conn):
+        for event in webhook_events.unprocessed(conn):
             try:
-                outcome = stripe_events.process(conn, event, settings.currency)
+                outcome = webhook_events.process(conn, event, settings.currency)
             except Exception as exc:
                 report.unrepaired.append(event["id"])
                 say(f"event {event['id']} ({event['type']}) still fails: {exc}")
@@ -108,7 +108,7 @@ def settle_checkout_requests(client: stripe.StripeClient, conn: psycopg.Connecti
                                                  "limit": 100})
     for session in sessions.auto_paging_iter():
         found = session.to_dict()
-        key = (found.get("metadata") or {}).get(stripe_gateway.CHECKOUT_REQUEST_KEY)
+        key = (found.get("metadata") or {}).get(stripe_client.CHECKOUT_REQUEST_KEY)
         if key not in waiting:
             continue
         request, _ = waiting.pop(key)

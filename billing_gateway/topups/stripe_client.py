@@ -10,9 +10,9 @@ from typing import Any
 import stripe
 from stripe._base_address import BaseAddresses
 
-from billing_gateway import money
-from billing_gateway.config import Settings
-from billing_gateway.errors import (
+from billing_gateway.platform import money
+from billing_gateway.platform.config import Settings
+from billing_gateway.platform.errors import (
     BillingError,
     IdempotencyConflict,
     PaymentProviderError,

@@ -9,21 +9,15 @@ from typing import Any
 import stripe
 from flask import Response, current_app, request
 
-from billing_gateway import (
-    checkout,
-    money,
-    payments,
-    rate_limits,
-    stripe_events,
-    stripe_gateway,
-)
-from billing_gateway.api import blueprint
-from billing_gateway.api.ledger_write import ledger_write, stored_answer
-from billing_gateway.auth import ADMIN, MEMBER, current_caller, require_role, resolve_org
-from billing_gateway.config import Settings
-from billing_gateway.db import get_db, release_db, stripe_transaction, tenant_transaction
-from billing_gateway.errors import PaymentProviderError, ValidationFailed
-from billing_gateway.schemas import (
+from billing_gateway.ledger.writes import ledger_write, stored_answer
+from billing_gateway.platform import money, rate_limits
+from billing_gateway.platform.auth import ADMIN, MEMBER, current_caller, require_role, resolve_org
+from billing_gateway.platform.config import Settings
+from billing_gateway.platform.db import get_db, release_db, stripe_transaction, tenant_transaction
+from billing_gateway.platform.errors import PaymentProviderError, ValidationFailed
+from billing_gateway.platform.http import blueprint
+from billing_gateway.topups import checkout, payments, stripe_client, webhook_events
+from billing_gateway.topups.schemas import (
     CheckoutRequest,
     CheckoutResponse,
     ShortfallList,
@@ -38,9 +32,9 @@ def _stripe_idempotency_key(caller: str, org: uuid.UUID, key: str | None) -> str
     """The key for Stripe's API: the caller's Idempotency-Key (scoped to caller and org, so
     two callers' keys never meet in our Stripe account), else a fresh one per request."""
     if key is None:
-        return f"{stripe_gateway.SOURCE}-checkout-{uuid.uuid4()}"
+        return f"{stripe_client.SOURCE}-checkout-{uuid.uuid4()}"
     digest = hashlib.sha256(f"{caller}\0{org}\0{key}".encode()).hexdigest()[:40]
-    return f"{stripe_gateway.SOURCE}-checkout-{digest}"
+    return f"{stripe_client.SOURCE}-checkout-{digest}"
 
 
 @blp.route("/create-checkout", methods=["POST"])
@@ -84,9 +78,9 @@ def create_checkout(args: dict[str, Any]) -> Response:
             checkout.record_request(conn, topup)
         release_db()
         try:
-            session = stripe_gateway.create_checkout_session(
+            session = stripe_client.create_checkout_session(
                 client, settings, org, amount, topup.stripe_idempotency_key)
-        except stripe_gateway.StripeOutcomeUnknown:
+        except stripe_client.StripeOutcomeUnknown:
             raise  # Stripe may have made the session: pending, for a retry or reconcile
         except PaymentProviderError as exc:
             with tenant_transaction(get_db(), org, caller.subject) as conn:
@@ -105,7 +99,7 @@ def _stripe_client(settings: Settings) -> stripe.StripeClient:
     """This app's StripeClient, built once: it keeps its HTTP connections to Stripe."""
     client: stripe.StripeClient | None = current_app.extensions.get("billing_stripe_client")
     if client is None:
-        client = stripe_gateway.make_client(settings)
+        client = stripe_client.make_client(settings)
         current_app.extensions["billing_stripe_client"] = client
     return client
 
@@ -134,14 +128,14 @@ def stripe_webhook() -> dict[str, bool]:
     # The raw bytes, before anything parses them: the signature covers exactly these.
     raw = request.get_data(cache=False)
     try:
-        event = stripe_events.verify(raw, request.headers.get("Stripe-Signature"),
+        event = webhook_events.verify(raw, request.headers.get("Stripe-Signature"),
                                      settings.stripe_webhook_secrets)
     except ValidationFailed:
         # Only failed verifications count against the address: a flood of forged
         # deliveries is cut off without ever holding back a signed one.
         rate_limits.forged_delivery()
         raise
-    stripe_events.process(get_db(), event, settings.currency)
+    webhook_events.process(get_db(), event, settings.currency)
     return {"received": True}
 
 

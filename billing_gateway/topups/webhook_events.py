@@ -16,10 +16,10 @@ import psycopg
 import stripe
 from psycopg.types.json import Jsonb
 
-from billing_gateway import payments
-from billing_gateway.db import enter_org, stripe_transaction
-from billing_gateway.errors import StripeNotConfigured, ValidationFailed
-from billing_gateway.stripe_gateway import tagged_org
+from billing_gateway.platform.db import enter_org, stripe_transaction
+from billing_gateway.platform.errors import StripeNotConfigured, ValidationFailed
+from billing_gateway.topups import payments
+from billing_gateway.topups.stripe_client import tagged_org
 
 log = logging.getLogger("billing_gateway.stripe")
 

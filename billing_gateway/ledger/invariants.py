@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from billing_gateway import money
+from billing_gateway.platform import money
 
 
 def _exponent_sql(column: str) -> str:

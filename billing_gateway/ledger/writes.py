@@ -12,11 +12,12 @@ import psycopg
 from flask import Response, current_app, request
 from marshmallow import Schema
 
-from billing_gateway import idempotency, json_codec, money
-from billing_gateway.auth import current_caller
-from billing_gateway.db import get_db, tenant_set_transaction, tenant_transaction
-from billing_gateway.errors import ValidationFailed
-from billing_gateway.ledger import LedgerResult
+from billing_gateway.ledger import idempotency
+from billing_gateway.ledger.credits import LedgerResult
+from billing_gateway.platform import json_codec, money
+from billing_gateway.platform.auth import current_caller
+from billing_gateway.platform.db import get_db, tenant_set_transaction, tenant_transaction
+from billing_gateway.platform.errors import ValidationFailed
 
 MAX_KEY_LENGTH = 255
 

@@ -13,8 +13,13 @@ import jwt
 from flask import Flask, current_app, g
 from flask_jwt_extended import JWTManager, get_jwt, verify_jwt_in_request
 
-from billing_gateway.config import Settings
-from billing_gateway.errors import Forbidden, Unauthorized, ValidationFailed, error_response
+from billing_gateway.platform.config import Settings
+from billing_gateway.platform.errors import (
+    Forbidden,
+    Unauthorized,
+    ValidationFailed,
+    error_response,
+)
 
 MEMBER, ADMIN, SERVICE = "member", "admin", "service"
 ROLES = (MEMBER, ADMIN, SERVICE)

@@ -9,8 +9,8 @@ from uuid import UUID
 
 import psycopg
 
-from billing_gateway import json_codec
-from billing_gateway.errors import IdempotencyConflict
+from billing_gateway.platform import json_codec
+from billing_gateway.platform.errors import IdempotencyConflict
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,11 @@ _MIGRATION_LOCK = 0x62696C6C  # "bill"
 
 def sql_dir() -> Path:
     """Return the migrations folder: inside the wheel, or at the top of a checkout."""
-    packaged = Path(__file__).parent / "sql"
+    package = Path(__file__).resolve().parent.parent  # billing_gateway/
+    packaged = package / "sql"
     if packaged.is_dir():
         return packaged
-    return Path(__file__).resolve().parent.parent / "sql"
+    return package.parent / "sql"
 
 
 @dataclass(frozen=True)

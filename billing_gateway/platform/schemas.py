@@ -1,0 +1,112 @@
+"""Schema fields every domain uses (money, text, time) and the error and health shapes."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate
+
+from billing_gateway.platform import money, text
+
+
+class Money(fields.Decimal):
+    """A positive exact amount, from a JSON number or a numeric string.
+
+    The bounds and precision are stated in /openapi.json as well (exclusive minimum 0,
+    maximum, multipleOf), so a client generating requests from it (schemathesis does)
+    never produces an amount the service refuses.
+    """
+
+    def __init__(self, *, places: int = money.LEDGER_PLACES,
+                 maximum: Decimal = money.MAX_AMOUNT, **kwargs: Any) -> None:
+        kwargs.setdefault("validate", validate.Range(min=Decimal(0), min_inclusive=False,
+                                                     max=maximum))
+        metadata = {"multipleOf": float(Decimal(1).scaleb(-places)), "exclusiveMinimum": True,
+                    **kwargs.pop("metadata", {})}
+        super().__init__(metadata=metadata, **kwargs)
+        self.amount_places = places
+        self.amount_maximum = maximum
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Decimal:
+        try:
+            return money.parse_amount(value, places=self.amount_places,
+                                      maximum=self.amount_maximum)
+        except money.AmountError as exc:
+            raise ValidationError(f"Amount {exc}.") from exc
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Decimal | None:
+        return None if value is None else money.to_number(value)
+
+
+class MoneyOut(fields.Decimal):
+    """An amount in a response: a JSON number with 2 decimals, or up to 4 for sub-cent values."""
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Decimal | None:
+        return None if value is None else money.to_number(value)
+
+
+class WholeNumber(fields.Integer):
+    """A whole number from a query string: ASCII digits only (int() takes any script's and "_")."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, str):
+            try:
+                value = money.parse_whole_number(value)
+            except money.AmountError as exc:
+                raise ValidationError("Not a valid integer.") from exc
+        result: int = super()._deserialize(value, attr, data, **kwargs)
+        return result
+
+
+class UtcDateTime(fields.DateTime):
+    """A timestamp in ISO 8601 UTC with a Z suffix, as the seed's front end reads it."""
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        if value is None:
+            return None
+        return str(value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"))
+
+
+def _storable(value: str) -> None:
+    problem = text.storage_problem(value)
+    if problem:
+        raise ValidationError(problem)
+
+
+# The same rule for /openapi.json (no NUL; a lone surrogate is not valid JSON text anyway).
+_STORABLE_PATTERN = "^[^\\u0000]*$"
+
+
+def text_field(max_length: int, **kwargs: Any) -> fields.String:
+    """A text field of at most max_length characters that PostgreSQL can store."""
+    metadata = {"pattern": _STORABLE_PATTERN, **kwargs.pop("metadata", {})}
+    return fields.String(validate=[validate.Length(min=1, max=max_length), _storable],
+                         metadata=metadata, **kwargs)
+
+
+class OrgQuery(Schema):
+    """Which org to read; admins and the SMS sender name it, members need not."""
+
+    org_id = fields.UUID(data_key="orgId", metadata={"description": "Admin and service only."})
+
+
+class ErrorDetail(Schema):
+    """The error object."""
+
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+    fields_ = fields.Dict(data_key="fields")
+
+
+class ErrorResponse(Schema):
+    """Every error has this shape."""
+
+    error = fields.Nested(ErrorDetail, required=True)
+
+
+class Health(Schema):
+    """Liveness or readiness."""
+
+    status = fields.String(required=True)

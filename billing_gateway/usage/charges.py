@@ -1,0 +1,130 @@
+"""SMS usage charges, single and bulk, and usage refunds, in SQL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+from billing_gateway.ledger.credits import LedgerResult, jsonb
+from billing_gateway.usage.items import Charge
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeResult(LedgerResult):
+    """A charge's result (outcome debited, duplicate, insufficient_funds or too_large),
+    with the price used and the amount it came to."""
+
+    price: Decimal | None = None
+    amount: Decimal | None = None
+
+
+def charge(
+    conn: psycopg.Connection,
+    org_id: UUID,
+    *,
+    caller: str,
+    sms_count: int,
+    cost_per_sms: Decimal | None,
+    default_price: Decimal,
+    message_id: str,
+    campaign_id: str | None = None,
+    description: str | None = None,
+) -> ChargeResult:
+    """Charge sms_count messages in one statement (api_deduct, sql/005): price from the
+    request, else the org, else default_price; never below zero; once per message_id."""
+    row = conn.execute(
+        "SELECT transaction_id, balance, outcome, price, amount"
+        " FROM api_deduct(%s, %s, %s, %s, %s, %s, %s, %s)",
+        (org_id, caller, sms_count, cost_per_sms, default_price, message_id, campaign_id,
+         description),
+    ).fetchone()
+    assert row is not None
+    return ChargeResult(*row)
+
+
+def debit(
+    conn: psycopg.Connection,
+    org_id: UUID,
+    amount: Decimal,
+    *,
+    sms_count: int | None = None,
+    cost_per_sms: Decimal | None = None,
+    message_id: str | None = None,
+    campaign_id: str | None = None,
+    description: str | None = None,
+    created_by: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> LedgerResult:
+    """Charge usage: never below zero ('insufficient_funds'), once per message_id ('duplicate')."""
+    row = conn.execute(
+        "SELECT transaction_id, balance, outcome"
+        " FROM deduct_credits(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (org_id, amount, sms_count, cost_per_sms, message_id, campaign_id, description,
+         created_by, jsonb(metadata)),
+    ).fetchone()
+    assert row is not None
+    return LedgerResult(*row)
+
+
+@dataclass(frozen=True, slots=True)
+class BulkOutcome:
+    """What one item of a bulk charge did (outcome charged, duplicate, insufficient_funds
+    or too_large), with its transaction and the org's balance after it."""
+
+    transaction_id: UUID | None
+    balance: Decimal
+    outcome: str
+
+
+def charge_bulk(
+    conn: psycopg.Connection,
+    charges: list[Charge],
+    *,
+    default_price: Decimal,
+    created_by: str | None = None,
+) -> list[BulkOutcome]:
+    """Charge many messages across orgs in one statement; outcomes in the order given.
+
+    The orgs must be in the transaction's tenant set (db.tenant_set_transaction).
+    """
+    if not charges:
+        return []
+    rows = conn.execute(
+        "SELECT transaction_id, balance, outcome"
+        " FROM deduct_credits_bulk(%s::uuid[], %s::integer[], %s::numeric[], %s,"
+        " %s::text[], %s::text[], %s::text[], %s)",
+        (
+            [c.org_id for c in charges],
+            [c.sms_count for c in charges],
+            [c.cost_per_sms for c in charges],
+            default_price,
+            [c.message_id for c in charges],
+            [c.campaign_id for c in charges],
+            [c.description or f"Sent {c.sms_count} SMS" for c in charges],
+            created_by,
+        ),
+    ).fetchall()
+    return [BulkOutcome(*row) for row in rows]
+
+
+def refund_usage(
+    conn: psycopg.Connection,
+    org_id: UUID,
+    message_id: str,
+    amount: Decimal | None = None,
+    *,
+    description: str | None = None,
+    created_by: str | None = None,
+) -> LedgerResult:
+    """Give back a message's charge once (outcomes credited, duplicate, not_charged,
+    exceeds_charge); `amount` defaults to the whole charge."""
+    row = conn.execute(
+        "SELECT transaction_id, balance, outcome FROM refund_usage(%s, %s, %s, %s, %s)",
+        (org_id, message_id, amount, description, created_by),
+    ).fetchone()
+    assert row is not None
+    return LedgerResult(*row)

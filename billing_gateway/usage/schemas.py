@@ -1,0 +1,118 @@
+"""Charges, usage refunds and prices: what they take and answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate
+
+from billing_gateway.ledger.schemas import LedgerWriteResponse
+from billing_gateway.platform import money
+from billing_gateway.platform.schemas import Money, MoneyOut, text_field
+from billing_gateway.usage import items
+
+
+class DeductRequest(Schema):
+    """One SMS charge by the SMS sender."""
+
+    org_id = fields.UUID(data_key="orgId", required=True)
+    sms_count = fields.Integer(data_key="smsCount", required=True, strict=True,
+                               validate=validate.Range(min=1, max=1_000_000))
+    cost_per_sms = Money(data_key="costPerSms", maximum=money.MAX_SMS_PRICE, metadata={
+        "description": "Default: the org's price, else BILLING_DEFAULT_SMS_PRICE."})
+    message_id = text_field(255, data_key="messageId", required=True, metadata={
+        "description": "Charged once: a repeat returns the original charge."})
+    campaign_id = text_field(255, data_key="campaignId")
+    description = text_field(1000)
+
+
+class DeductResponse(LedgerWriteResponse):
+    """The charge written (or the earlier one a repeated messageId found)."""
+
+
+class BulkChargeItem(DeductRequest):
+    """One item of a bulk charge: the fields of POST /deduct."""
+
+
+class BulkChargeList(fields.List):
+    """The items of a bulk charge, each validated on its own (billing_gateway.charges).
+
+    A bad item becomes an `invalid` outcome instead of failing the request, so the
+    description promises no shape for an item: any JSON value is taken, and answered.
+    The shape of a valid item is the BulkChargeItem component.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(fields.Raw(metadata={
+            "description": "A charge with the fields of POST /deduct (components/schemas/"
+                           "BulkChargeItem). Anything else is answered with outcome invalid.",
+            "example": {"orgId": "3fa85f64-5717-4562-b3fc-2c963f66afa6", "smsCount": 1,
+                        "costPerSms": 0.0075, "messageId": "msg-1"}}), **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, list):
+            raise ValidationError("Not a valid list.")
+        return [items.parse_charge(item) for item in value]
+
+
+class BulkChargeRequest(Schema):
+    """Up to 1,000 charges, each for its own org and message."""
+
+    charges = BulkChargeList(
+        required=True, validate=validate.Length(min=1, max=items.MAX_BULK_ITEMS))
+
+
+class BulkChargeResult(Schema):
+    """What one item did, in request order."""
+
+    index = fields.Integer(required=True, metadata={"description": "0-based item position."})
+    outcome = fields.String(required=True, validate=validate.OneOf(
+        ("charged", "duplicate", "insufficient_funds", "invalid")))
+    transaction_id = fields.UUID(data_key="transactionId", allow_none=True, metadata={
+        "description": "The charge (charged), or the original charge (duplicate)."})
+    balance = MoneyOut(allow_none=True, metadata={
+        "description": "The org's balance after this item (absent for invalid items)."})
+    reason = fields.String(metadata={"description": "Why the item is invalid."})
+    fields_ = fields.Dict(data_key="fields", metadata={"description": "Errors per field."})
+
+
+class BulkChargeSummary(Schema):
+    """How many items had each outcome."""
+
+    charged = fields.Integer(required=True)
+    duplicate = fields.Integer(required=True)
+    insufficient_funds = fields.Integer(data_key="insufficientFunds", required=True)
+    invalid = fields.Integer(required=True)
+
+
+class BulkChargeResponse(Schema):
+    """The outcome of every item, in request order."""
+
+    results = fields.List(fields.Nested(BulkChargeResult), required=True)
+    summary = fields.Nested(BulkChargeSummary, required=True)
+
+
+class UsageRefundRequest(Schema):
+    """Give back the charge of one message."""
+
+    org_id = fields.UUID(data_key="orgId", required=True)
+    message_id = text_field(255, data_key="messageId", required=True)
+    amount = Money(metadata={"description": "Default: the whole charge; never more than it."})
+    description = text_field(1000)
+
+
+class PricingRequest(Schema):
+    """An org's SMS price; null goes back to the deployment default."""
+
+    sms_price = Money(data_key="smsPrice", required=True, allow_none=True,
+                      maximum=money.MAX_SMS_PRICE,
+                      metadata={"example": 0.0075})
+
+
+class PricingResponse(Schema):
+    """An org's SMS price and where it comes from."""
+
+    org_id = fields.UUID(data_key="orgId", required=True)
+    sms_price = MoneyOut(data_key="smsPrice", required=True, metadata={
+        "description": "The price charged per SMS when a charge names none."})
+    source = fields.String(required=True, validate=validate.OneOf(("org", "default")))
