@@ -1,12 +1,7 @@
 -- Stripe top-ups: Checkout sessions we created, every webhook event once, and each
 -- payment's state (credited, refunded, disputed, reversed), so that any order of events
 -- for one payment ends in the same balance.
-
--- Who is acting beyond one tenant: 'stripe' for verified webhooks, reconciliation and the
--- admin review of payments. Transaction-local like billing.org_id; unset means nobody.
-CREATE FUNCTION billing_current_scope() RETURNS text
-    LANGUAGE sql STABLE PARALLEL SAFE
-    AS $$ SELECT NULLIF(current_setting('billing.scope', true), '') $$;
+-- Functions, policies and triggers live in sql/functions/ (one repeatable file per domain).
 
 -- A Checkout Session created by POST /create-checkout. Owned by its org.
 CREATE TABLE checkout_sessions (
@@ -82,22 +77,16 @@ CREATE TABLE stripe_disputes (
 
 ALTER TABLE checkout_sessions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE checkout_sessions FORCE ROW LEVEL SECURITY;
-CREATE POLICY checkout_sessions_tenant ON checkout_sessions
-    USING (org_id = billing_current_org()) WITH CHECK (org_id = billing_current_org());
 
 -- Stripe's own records belong to no single tenant: only the 'stripe' scope sees them.
 ALTER TABLE stripe_events ENABLE ROW LEVEL SECURITY;
 ALTER TABLE stripe_events FORCE ROW LEVEL SECURITY;
-CREATE POLICY stripe_events_scope ON stripe_events
-    USING (billing_current_scope() = 'stripe') WITH CHECK (billing_current_scope() = 'stripe');
+
 ALTER TABLE stripe_payments ENABLE ROW LEVEL SECURITY;
 ALTER TABLE stripe_payments FORCE ROW LEVEL SECURITY;
-CREATE POLICY stripe_payments_scope ON stripe_payments
-    USING (billing_current_scope() = 'stripe') WITH CHECK (billing_current_scope() = 'stripe');
+
 ALTER TABLE stripe_disputes ENABLE ROW LEVEL SECURITY;
 ALTER TABLE stripe_disputes FORCE ROW LEVEL SECURITY;
-CREATE POLICY stripe_disputes_scope ON stripe_disputes
-    USING (billing_current_scope() = 'stripe') WITH CHECK (billing_current_scope() = 'stripe');
 
 GRANT SELECT, INSERT, UPDATE ON checkout_sessions, stripe_events, stripe_payments TO billing_app;
 GRANT SELECT, INSERT ON stripe_disputes TO billing_app;
@@ -108,29 +97,3 @@ GRANT SELECT, INSERT ON stripe_disputes TO billing_app;
 -- is written and the caller records the shortfall.
 CREATE TYPE reversal_result AS (transaction_id uuid, balance numeric, taken numeric);
 
-CREATE FUNCTION reverse_credits(
-    p_org_id uuid, p_amount numeric, p_payment_intent_id text,
-    p_description text DEFAULT NULL, p_created_by text DEFAULT NULL,
-    p_metadata jsonb DEFAULT NULL
-) RETURNS reversal_result
-    LANGUAGE plpgsql AS $$
-DECLARE
-    v_org organizations;
-    v_taken numeric;
-    v_row ledger_result;
-BEGIN
-    PERFORM require_amount(p_amount, 'reversal');
-    v_org := lock_organization(p_org_id);
-    v_taken := least(v_org.sms_balance, p_amount);
-    IF v_taken <= 0 THEN
-        RETURN (NULL::uuid, v_org.sms_balance, 0::numeric);
-    END IF;
-    v_row := append_ledger_row(
-        v_org, 'reversal', -v_taken, NULL, NULL, 'stripe', p_payment_intent_id, NULL, NULL,
-        p_description,
-        coalesce(p_metadata, '{}'::jsonb)
-            || jsonb_build_object('requested', p_amount, 'shortfall', p_amount - v_taken),
-        p_created_by);
-    RETURN (v_row.transaction_id, v_row.balance, v_taken);
-END
-$$;

@@ -4,6 +4,7 @@
 -- the same Idempotency-Key sends the same Stripe idempotency key (Stripe answers with the
 -- same session) and settles it; `billing-gateway reconcile` finds the session at Stripe by
 -- the request's key in its metadata, or marks a request Stripe never saw 'abandoned'.
+-- Functions, policies and triggers live in sql/functions/ (one repeatable file per domain).
 CREATE TABLE checkout_requests (
     -- The Stripe idempotency key of the call: derived from the caller's Idempotency-Key
     -- (so a retry finds its request), else fresh per request.
@@ -31,12 +32,5 @@ CREATE INDEX idx_checkout_requests_pending ON checkout_requests (created_at)
 -- (enter_org), like any request.
 ALTER TABLE checkout_requests ENABLE ROW LEVEL SECURITY;
 ALTER TABLE checkout_requests FORCE ROW LEVEL SECURITY;
-CREATE POLICY checkout_requests_tenant ON checkout_requests
-    USING (org_id = billing_current_org()) WITH CHECK (org_id = billing_current_org());
-CREATE POLICY checkout_requests_reconcile_read ON checkout_requests FOR SELECT
-    USING (billing_current_scope() = 'stripe');
-CREATE POLICY checkout_requests_reconcile_abandon ON checkout_requests FOR UPDATE
-    USING (billing_current_scope() = 'stripe')
-    WITH CHECK (billing_current_scope() = 'stripe' AND status = 'abandoned');
 
 GRANT SELECT, INSERT, UPDATE ON checkout_requests TO billing_app;

@@ -1,4 +1,11 @@
-"""Apply the SQL files in sql/ in order, once each, safely from several processes."""
+"""Apply sql/: the numbered migrations in order, once each, then the repeatable files of
+sql/functions/ whenever they change; safely from several processes.
+
+Numbered migrations (tables, indexes, constraints, types, grants) are frozen once applied.
+Every function, policy and trigger lives in exactly one repeatable file per domain
+(Flyway's repeatable migrations: https://documentation.red-gate.com/fd/repeatable-migrations-273973335.html),
+re-applied under the migration lock when its checksum changes, after the numbered ones.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,25 @@ import psycopg
 
 # Any constant works; it only has to be the same for every migrating process.
 _MIGRATION_LOCK = 0x62696C6C  # "bill"
+
+# Repeatable files are recorded in schema_migrations under this prefix and their name.
+REPEATABLE_PREFIX = "R:"
+
+# The numbered migrations as they were before their functions and policies moved to
+# sql/functions/ (2026-11-25). A database migrated then has these checksums recorded; the
+# same versions now hold only tables, indexes and types, which that database already has,
+# and the repeatable files give it the very same functions and policies. So these old
+# checksums are accepted once and replaced by the new ones; any other edit is refused.
+# The old files are kept in tests/fixtures/sql_before_layout/, and a test migrates a
+# database made with them.
+BEFORE_LAYOUT = {
+    "001_ledger": "d5504e1cfd84cc05c8198884322f73ca3f270689d90d01e77db4c374004e66f1",
+    "002_sms_price": "8938196ccb814e5204a21255f17d5e0bc8ee29933178683687315a120fdd7e92",
+    "003_usage": "c6a9b88587721eba61012cbb375d56b958ba8ac3cfd9e08b18a188d757592b5e",
+    "004_stripe": "bec6e933257d165459a224a1fa6b5d6381a14e98863b59ae48c525bc7748d41c",
+    "005_single_statement": "ebf1212ab47ec601292ba41a7c7ef82e73e3b8c5e47cff86f5353446a8832b71",
+    "006_checkout_requests": "f6102f1b9304b4ca32dfa16a590396bdfcab47e15c4119dae505136bca88de5e",
+}
 
 
 def sql_dir() -> Path:
@@ -35,9 +61,15 @@ class Migration:
 
 
 def pending_files(directory: Path | None = None) -> list[Migration]:
-    """List every migration file in version order."""
+    """List every numbered migration file in version order."""
     directory = directory or sql_dir()
     return [Migration(p.stem, p) for p in sorted(directory.glob("*.sql"))]
+
+
+def repeatable_files(directory: Path | None = None) -> list[Migration]:
+    """List the repeatable files (sql/functions/*.sql) in the order they are applied."""
+    folder = (directory or sql_dir()) / "functions"
+    return [Migration(REPEATABLE_PREFIX + p.stem, p) for p in sorted(folder.glob("*.sql"))]
 
 
 def migrate(dsn: str, directory: Path | None = None) -> list[str]:
@@ -61,19 +93,40 @@ def migrate(dsn: str, directory: Path | None = None) -> list[str]:
             done: dict[str, str] = dict(recorded.fetchall())
             for migration in pending_files(directory):
                 if migration.version in done:
-                    if done[migration.version] != migration.checksum:
-                        raise RuntimeError(
-                            f"migration {migration.version} changed after it was applied; "
-                            "add a new migration instead of editing an applied one"
-                        )
+                    _check_unchanged(conn, migration, done[migration.version])
                     continue
-                with conn.transaction():
-                    conn.execute(migration.path.read_text().encode())
-                    conn.execute(
-                        "INSERT INTO schema_migrations (version, checksum) VALUES (%s, %s)",
-                        (migration.version, migration.checksum),
-                    )
+                _apply(conn, migration, done)
                 applied_now.append(migration.version)
+            for migration in repeatable_files(directory):
+                if done.get(migration.version) != migration.checksum:
+                    _apply(conn, migration, done)
+                    applied_now.append(migration.version)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
     return applied_now
+
+
+def _check_unchanged(conn: psycopg.Connection, migration: Migration, recorded: str) -> None:
+    """Refuse an applied migration edited afterwards (but for the layout change, once)."""
+    if recorded == migration.checksum:
+        return
+    if BEFORE_LAYOUT.get(migration.version) == recorded:
+        conn.execute("UPDATE schema_migrations SET checksum = %s WHERE version = %s",
+                     (migration.checksum, migration.version))
+        return
+    raise RuntimeError(
+        f"migration {migration.version} changed after it was applied; "
+        "add a new migration instead of editing an applied one"
+    )
+
+
+def _apply(conn: psycopg.Connection, migration: Migration, done: dict[str, str]) -> None:
+    """Run one file and record its checksum, in one transaction."""
+    with conn.transaction():
+        conn.execute(migration.path.read_text().encode())
+        conn.execute(
+            "INSERT INTO schema_migrations (version, checksum) VALUES (%s, %s)"
+            " ON CONFLICT (version) DO UPDATE SET checksum = excluded.checksum,"
+            " applied_at = now()",
+            (migration.version, migration.checksum),
+        )
