@@ -19,7 +19,7 @@ TRANSACTION_TYPES = ("purchase", "sms_send", "refund", "adjustment", "bonus", "r
 CREDIT_TYPES = ("purchase", "bonus", "adjustment", "refund")
 
 
-# Raised by add_credits when a PaymentIntent is replayed with another amount (sql/001).
+# Raised by add_credits when a PaymentIntent is replayed with another amount.
 _SQLSTATE_CONFLICT = "BG409"
 
 
@@ -55,7 +55,7 @@ def get_account(
 ) -> tuple[Decimal, Decimal | None]:
     """Return the org's balance and own SMS price (zero and None for an org never seen).
 
-    One statement: api_account (sql/005) sets the tenant itself, so this runs on an
+    One statement: api_account (SQL) sets the tenant itself, so this runs on an
     autocommit connection without BEGIN/COMMIT around it.
     """
     row = conn.execute("SELECT balance, sms_price FROM api_account(%s, %s)",

@@ -112,7 +112,7 @@ def tenant_set_transaction(
     conn: psycopg.Connection, org_ids: Collection[UUID], caller: str = ""
 ) -> Iterator[psycopg.Connection]:
     """Run a transaction that may touch exactly these orgs (a bulk charge), and no other."""
-    # The JSON object sql/003 tests membership in: {"<org id>": 1, ...}.
+    # The JSON object the tenant-set policies test membership in: {"<org id>": 1, ...}.
     orgs = "{" + ",".join(f'"{org}":1' for org in org_ids) + "}"
     with conn.transaction():
         conn.execute(

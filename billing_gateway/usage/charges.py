@@ -34,7 +34,7 @@ def charge(
     campaign_id: str | None = None,
     description: str | None = None,
 ) -> ChargeResult:
-    """Charge sms_count messages in one statement (api_deduct, sql/005): price from the
+    """Charge sms_count messages in one statement (api_deduct): price from the
     request, else the org, else default_price; never below zero; once per message_id."""
     row = conn.execute(
         "SELECT transaction_id, balance, outcome, price, amount"

@@ -62,7 +62,7 @@ def deduct(args: dict[str, Any]) -> Response:
         return result
 
     if request.headers.get("Idempotency-Key") is None:
-        # The hot path: one statement on the autocommit connection (sql/005 api_deduct).
+        # The hot path: one statement on the autocommit connection (api_deduct).
         return LedgerWrite(conn=get_db(), caller=caller, key=None).created(
             charge(get_db()), _RESPONSE)
     with ledger_write(org) as write:
