@@ -21,7 +21,7 @@ from billing_gateway.platform.migrations import (
     sql_dir,
 )
 
-BEFORE = Path(__file__).parent / "fixtures" / "sql_before_layout"
+BEFORE = Path(__file__).resolve().parents[1] / "fixtures" / "sql_before_layout"
 DEFINITION = re.compile(
     r"CREATE\s+(?:OR\s+REPLACE\s+)?(FUNCTION|TRIGGER|POLICY)\s+(\w+)(?:\s+ON\s+(\w+))?",
     re.IGNORECASE)

@@ -11,7 +11,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import TokenFactory
+from tests.plugins.service import TokenFactory
 
 ADD_FUNDS = "/api/billing/add-funds"
 

@@ -23,7 +23,7 @@ from billing_gateway import create_app
 from billing_gateway.platform.config import Settings
 from billing_gateway.topups import reconcile
 from tests import stripe_objects
-from tests.conftest import TokenFactory
+from tests.plugins.service import TokenFactory
 
 CHECKOUT = "/api/billing/create-checkout"
 STRIPE_SESSIONS = "https://api.stripe.com/v1/checkout/sessions"

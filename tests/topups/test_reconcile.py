@@ -18,8 +18,9 @@ from billing_gateway import cli
 from billing_gateway.platform.config import Settings
 from billing_gateway.topups import reconcile
 from tests import stripe_objects as so
-from tests.conftest import STRIPE_TEST_KEY, ledger_inserts_fail
-from tests.test_stripe_webhook import balance, deliver
+from tests.plugins.database import ledger_inserts_fail
+from tests.plugins.service import STRIPE_TEST_KEY
+from tests.plugins.webhooks import balance, deliver
 
 INTENTS = "https://api.stripe.com/v1/payment_intents"
 

@@ -20,7 +20,7 @@ from bench.scratch import free_port, nginx_in_front, nginx_path, percentile
 from bench.slow_clients import SlowClients, fund, timed_charges
 from billing_gateway.platform.auth import issue_token
 from billing_gateway.platform.config import Settings
-from tests.test_cli import Served
+from tests.plugins.servers import Served
 
 # Not in the everyday loop (-m "not slow"): gunicorn and nginx of their own, 120 slow clients.
 pytestmark = pytest.mark.slow

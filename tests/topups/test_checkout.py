@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 from billing_gateway import create_app
 from billing_gateway.platform.config import Settings
 from tests import stripe_objects
-from tests.conftest import STRIPE_TEST_KEY, TokenFactory
+from tests.plugins.service import STRIPE_TEST_KEY, TokenFactory
 
 CHECKOUT = "/api/billing/create-checkout"
 STRIPE_SESSIONS = "https://api.stripe.com/v1/checkout/sessions"

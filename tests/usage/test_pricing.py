@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 from flask.testing import FlaskClient
 
-from tests.conftest import TokenFactory
+from tests.plugins.service import TokenFactory
 
 
 def _pricing(client: FlaskClient, auth: TokenFactory, org: uuid.UUID, price: object,

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "billing_gateway"
+import billing_gateway
+
+PACKAGE = Path(billing_gateway.__file__).resolve().parent
 # What each package may import from billing_gateway (besides itself).
 ALLOWED = {
     "platform": set(),

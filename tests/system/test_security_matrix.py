@@ -13,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from billing_gateway.platform.db import get_pool
-from tests.conftest import TokenFactory
+from tests.plugins.service import TokenFactory
 
 # Routes anyone may call: probes, the API description, and Stripe's webhook (which
 # proves itself with its signature instead of a token).

@@ -12,8 +12,9 @@ from flask.testing import FlaskClient
 from billing_gateway import cli
 from billing_gateway.ledger import invariants
 from tests import stripe_objects as so
-from tests.conftest import TokenFactory, empty_every_table
-from tests.test_stripe_webhook import deliver
+from tests.plugins.database import empty_every_table
+from tests.plugins.service import TokenFactory
+from tests.plugins.webhooks import deliver
 
 
 @pytest.fixture

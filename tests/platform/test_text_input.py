@@ -8,7 +8,7 @@ import uuid
 import pytest
 from flask.testing import FlaskClient
 
-from tests.conftest import TokenFactory
+from tests.plugins.service import TokenFactory
 
 
 @pytest.mark.parametrize("raw", ['"a\\u0000b"', '"\\ud800"', '"x\\udfff"'])

@@ -13,8 +13,8 @@ from flask import Flask
 from billing_gateway import create_app
 from billing_gateway.platform.config import Settings
 from tests import stripe_objects as so
-from tests.conftest import TokenFactory
-from tests.test_stripe_webhook import balance, deliver
+from tests.plugins.service import TokenFactory
+from tests.plugins.webhooks import balance, deliver
 
 
 @pytest.fixture

@@ -17,32 +17,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tests import stripe_objects as so
-from tests.conftest import WEBHOOK_SECRET, WEBHOOK_SECRET_OLD, TokenFactory, ledger_inserts_fail
-
-WEBHOOK = "/api/billing/stripe-webhook"
-
-
-def deliver(client: FlaskClient, evt: dict[str, Any], *, secret: str = WEBHOOK_SECRET,
-            raw: bytes | None = None, header: str | None = None,
-            headers: dict[str, str] | None = None) -> Any:
-    """POST an event as Stripe does: the exact bytes, signed over "{t}.{body}"."""
-    payload = so.body(evt) if raw is None else raw
-    signature = so.sign(payload, secret) if header is None else header
-    return client.post(WEBHOOK, data=payload, headers={
-        "Stripe-Signature": signature, "Content-Type": "application/json; charset=utf-8",
-        **(headers or {})})
-
-
-def balance(owner_conn: psycopg.Connection, org: uuid.UUID) -> Decimal:
-    row = owner_conn.execute("SELECT sms_balance FROM organizations WHERE id = %s",
-                             (org,)).fetchone()
-    return Decimal(0) if row is None else row[0]
-
-
-def ledger_rows(owner_conn: psycopg.Connection, org: uuid.UUID) -> list[tuple]:
-    return owner_conn.execute(
-        "SELECT type, amount, payment_intent_id FROM billing_transactions WHERE org_id = %s"
-        " ORDER BY seq", (org,)).fetchall()
+from tests.plugins.database import ledger_inserts_fail
+from tests.plugins.service import WEBHOOK_SECRET, WEBHOOK_SECRET_OLD, TokenFactory
+from tests.plugins.webhooks import WEBHOOK, balance, deliver, ledger_rows
 
 
 def succeeded(org: uuid.UUID, amount: int = 5000, **kwargs: Any) -> dict[str, Any]:

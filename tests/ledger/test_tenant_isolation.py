@@ -14,7 +14,7 @@ from billing_gateway import create_app
 from billing_gateway.ledger import credits
 from billing_gateway.platform.config import Settings
 from billing_gateway.platform.db import get_pool, tenant_transaction
-from tests.conftest import TokenFactory
+from tests.plugins.service import TokenFactory
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 
 from billing_gateway import create_app
 from billing_gateway.platform.config import Settings
-from tests.conftest import TEST_SECRET, TokenFactory
+from tests.plugins.service import TEST_SECRET, TokenFactory
 
 BALANCE = "/api/billing/balance"
 

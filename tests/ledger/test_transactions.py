@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from billing_gateway.ledger import history as ledger_history
 from billing_gateway.platform.db import tenant_transaction
 from billing_gateway.usage import charges
-from tests.conftest import TokenFactory
+from tests.plugins.service import TokenFactory
 
 TRANSACTIONS = "/api/billing/transactions"
 

@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 
 from billing_gateway.platform import money
 from billing_gateway.platform.config import ConfigError, load_settings
-from tests.conftest import TokenFactory
+from tests.plugins.service import TokenFactory
 
 # Each is accepted by Decimal() (or int()) and must be refused by the service.
 GENEROUS = ["１００", "٥", "1_000", "0_01", "١٢٣", "१०", "٣.٥", " 100", "100 ", "1 00", "1.0 0",

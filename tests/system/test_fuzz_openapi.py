@@ -52,12 +52,13 @@ def served(settings: Settings) -> Iterator[str]:
     app.extensions["billing_pool"].close()
 
 
+CONFIG = Path(__file__).resolve().parents[1] / "schemathesis.toml"
 WEBHOOK = "/api/billing/stripe-webhook"
 
 
 def _schemathesis(served: str, token: str, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: S603  # our own venv's schemathesis, fixed arguments
-        [SCHEMATHESIS, "--config-file", str(Path(__file__).with_name("schemathesis.toml")),
+        [SCHEMATHESIS, "--config-file", str(CONFIG),
          "run", f"{served}/openapi.json", "--header", f"Authorization: Bearer {token}",
          "--max-examples", str(EXAMPLES), "--workers", "2", "--checks", "all", "--seed", "1",
          *extra],

@@ -21,7 +21,7 @@ from billing_gateway.platform import embedded
 from billing_gateway.platform.config import Settings
 from billing_gateway.platform.db import RECONNECT_INTERVAL, get_pool, make_pool
 from billing_gateway.platform.migrations import migrate
-from tests.conftest import TokenFactory
+from tests.plugins.service import TokenFactory
 
 # Not in the everyday loop (-m "not slow"): PostgreSQL of its own, stopped and started under load.
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import TokenFactory
+from tests.plugins.service import TokenFactory
 
 DEDUCT = "/api/billing/deduct"
 

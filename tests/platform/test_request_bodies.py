@@ -9,7 +9,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from billing_gateway.platform import json_codec
-from tests.conftest import TokenFactory
+from tests.plugins.service import TokenFactory
 
 # (path, role) of every endpoint with a JSON body; members reach create-checkout.
 BODY_ENDPOINTS = [

@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 
 from billing_gateway import create_app
 from billing_gateway.platform.config import Settings
-from tests.conftest import TokenFactory
+from tests.plugins.service import TokenFactory
 
 
 def _assert_error_shape(response, status: int, code: str) -> None:  # type: ignore[no-untyped-def]

@@ -27,8 +27,8 @@ from hypothesis.stateful import (
 
 from billing_gateway.ledger.invariants import find_violations
 from tests import stripe_objects as so
-from tests.conftest import TokenFactory
-from tests.test_stripe_webhook import deliver
+from tests.plugins.service import TokenFactory
+from tests.plugins.webhooks import deliver
 
 # Not in the everyday loop (-m "not slow"): hundreds of generated sequences of requests.
 pytestmark = pytest.mark.slow

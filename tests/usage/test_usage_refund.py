@@ -10,7 +10,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import TokenFactory
+from tests.plugins.service import TokenFactory
 
 REFUND = "/api/billing/usage/refund"
 
