@@ -2,7 +2,8 @@
 
     python bench/charge_races.py            # embedded PostgreSQL, or DATABASE_URL's server
 
-The same races are asserted by tests/test_deduct.py and tests/test_bulk.py; this prints them.
+The same races are asserted by tests/usage/test_deduct.py and tests/usage/test_bulk.py;
+this prints them.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ clients (same Idempotency-Key, same messageId) and Stripe (same event) do, and e
 acknowledged write must be in the ledger exactly once, with every invariant holding.
 
     python bench/crash_test.py                 # 20 s of load
-    python bench/crash_test.py --seconds 6     # what CI runs (tests/test_crash_consistency.py)
+    python bench/crash_test.py --seconds 6     # in CI: tests/system/test_crash_consistency.py
 
 It always starts its own embedded PostgreSQL (it has to be able to crash it).
 """

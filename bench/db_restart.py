@@ -8,7 +8,7 @@ first 2xx and the 503s; then every write that got no 2xx is replayed (same Idemp
 messageId or event) and every acknowledged write must be in the ledger exactly once.
 
     python bench/db_restart.py                 # 16 s outages
-    python bench/db_restart.py --outage 4      # what CI runs (tests/test_database_restart.py)
+    python bench/db_restart.py --outage 4      # in CI: tests/platform/test_database_restart.py
 
 Exit status 0 when the service served again within 2 s of every restart, never answered
 500, sent Retry-After with every 503, and the ledger holds every acknowledged write once.

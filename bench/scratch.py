@@ -104,7 +104,7 @@ def stripe_signature(body: bytes, secret: str, timestamp: int | None = None) -> 
 
 
 # nginx in front of a local service, with the shipped deploy/nginx.conf (bench/slow_clients.py,
-# tests/test_serving.py).
+# tests/platform/test_serving.py).
 NGINX_SITE = Path(__file__).resolve().parent.parent / "deploy" / "nginx.conf"
 
 # What a machine's /etc/nginx/nginx.conf provides around deploy/nginx.conf, with every path

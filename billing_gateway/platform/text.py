@@ -2,7 +2,7 @@
 
 JSON may carry "\\u0000" and lone surrogates ("\\ud800"); PostgreSQL text refuses the first
 and UTF-8 cannot encode the second, so either would fail at the database as a 500.
-Found by schemathesis (tests/test_fuzz_openapi.py).
+Found by schemathesis (tests/system/test_fuzz_openapi.py).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Set
         # The current webhook secret, then the one being rotated out.
         stripe_webhook_secrets=(WEBHOOK_SECRET, WEBHOOK_SECRET_OLD),
         # Off for the shared app (the suite sends thousands of requests as one subject);
-        # tests/test_rate_limits.py builds apps with limits on.
+        # tests/platform/test_rate_limits.py builds apps with limits on.
         rate_limit="off",
     )
 
