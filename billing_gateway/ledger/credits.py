@@ -11,6 +11,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from billing_gateway.platform import json_codec
+from billing_gateway.platform.db import require_tenant
 from billing_gateway.platform.errors import IdempotencyConflict
 
 TRANSACTION_TYPES = ("purchase", "sms_send", "refund", "adjustment", "bonus", "reversal")
@@ -44,6 +45,7 @@ def jsonb(value: dict[str, Any] | None) -> Jsonb | None:
 
 def get_balance(conn: psycopg.Connection, org_id: UUID) -> Decimal:
     """Return the org's balance (zero for an org never seen)."""
+    require_tenant(org_id)
     row = conn.execute("SELECT get_org_balance(%s)", (org_id,)).fetchone()
     assert row is not None
     balance: Decimal = row[0]
@@ -66,6 +68,7 @@ def get_account(
 
 def has_sufficient_balance(conn: psycopg.Connection, org_id: UUID, amount: Decimal) -> bool:
     """Tell whether the org's balance covers `amount`."""
+    require_tenant(org_id)
     row = conn.execute("SELECT has_sufficient_balance(%s, %s)", (org_id, amount)).fetchone()
     assert row is not None
     return bool(row[0])
@@ -84,6 +87,7 @@ def credit(
     metadata: dict[str, Any] | None = None,
 ) -> LedgerResult:
     """Add credits; a purchase whose PaymentIntent was already credited returns that credit."""
+    require_tenant(org_id)
     try:
         row = conn.execute(
             "SELECT transaction_id, balance, outcome"

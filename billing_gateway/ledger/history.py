@@ -9,6 +9,8 @@ from uuid import UUID
 import psycopg
 from psycopg.rows import dict_row
 
+from billing_gateway.platform.db import require_tenant
+
 
 @dataclass(frozen=True)
 class HistoryPage:
@@ -53,6 +55,7 @@ def history(
     type: str | None = None,
 ) -> HistoryPage:
     """Return a page of the org's transactions, newest first, with the exact total."""
+    require_tenant(org_id)
     key = (org_id,) if type is None else (org_id, type)
     row = conn.execute(_TOTAL_ALL if type is None else _TOTAL_OF_TYPE, key).fetchone()
     total = row[0] if row else 0

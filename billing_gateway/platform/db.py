@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from time import monotonic
 from uuid import UUID
 
@@ -90,6 +91,36 @@ def make_pool(
     )
 
 
+class OutsideTenantScope(RuntimeError):
+    """Tenant data touched outside a scope naming its org (a bug in the caller's code)."""
+
+
+# The orgs the code running now may touch, set by the scopes below for their duration (per
+# thread, so per request). Row level security would show another org's rows as none at
+# all; require_tenant turns that silent nothing into an error that names the mistake.
+_TENANTS: ContextVar[frozenset[UUID] | None] = ContextVar("billing_tenants", default=None)
+
+
+@contextmanager
+def _tenants(orgs: Iterable[UUID]) -> Iterator[None]:
+    token = _TENANTS.set(frozenset(orgs))
+    try:
+        yield
+    finally:
+        _TENANTS.reset(token)
+
+
+def require_tenant(*org_ids: UUID) -> None:
+    """Raise OutsideTenantScope unless every org is in the current tenant scope."""
+    scope = _TENANTS.get()
+    for org_id in org_ids:
+        if scope is None or org_id not in scope:
+            raise OutsideTenantScope(
+                f"org {org_id} is outside the current tenant scope; open "
+                "tenant_transaction(conn, org) (or tenant_set_transaction, or enter_org in "
+                "the stripe scope) first: row level security would show nothing")
+
+
 @contextmanager
 def tenant_transaction(
     conn: psycopg.Connection, org_id: UUID | None, caller: str = ""
@@ -99,7 +130,7 @@ def tenant_transaction(
     set_config(..., true) lasts until the transaction ends, commit or rollback, so the
     next user of this pooled connection starts with no tenant at all.
     """
-    with conn.transaction():
+    with conn.transaction(), _tenants(() if org_id is None else (org_id,)):
         conn.execute(
             "SELECT set_config('billing.org_id', %s, true), set_config('billing.caller', %s, true)",
             ("" if org_id is None else str(org_id), caller),
@@ -114,7 +145,7 @@ def tenant_set_transaction(
     """Run a transaction that may touch exactly these orgs (a bulk charge), and no other."""
     # The JSON object the tenant-set policies test membership in: {"<org id>": 1, ...}.
     orgs = "{" + ",".join(f'"{org}":1' for org in org_ids) + "}"
-    with conn.transaction():
+    with conn.transaction(), _tenants(org_ids):
         conn.execute(
             "SELECT set_config('billing.org_set', %s, true),"
             " set_config('billing.caller', %s, true)",
@@ -127,7 +158,7 @@ def tenant_set_transaction(
 def stripe_transaction(conn: psycopg.Connection) -> Iterator[psycopg.Connection]:
     """Run a transaction in the 'stripe' scope: Stripe's records (events, payments) are
     visible; an org's ledger only after enter_org() names it, as in any request."""
-    with conn.transaction():
+    with conn.transaction(), _tenants(()):
         conn.execute("SELECT set_config('billing.scope', 'stripe', true),"
                      " set_config('billing.caller', 'stripe', true)")
         yield conn
@@ -136,6 +167,7 @@ def stripe_transaction(conn: psycopg.Connection) -> Iterator[psycopg.Connection]
 def enter_org(conn: psycopg.Connection, org_id: UUID) -> None:
     """Scope the rest of the current transaction's ledger work to one org."""
     conn.execute("SELECT set_config('billing.org_id', %s, true)", (str(org_id),))
+    _TENANTS.set(frozenset((org_id,)))  # undone when the enclosing scope ends
 
 
 def get_pool(app: Flask | None = None) -> BillingPool:

@@ -10,6 +10,7 @@ from uuid import UUID
 import psycopg
 
 from billing_gateway.ledger.credits import LedgerResult, jsonb
+from billing_gateway.platform.db import require_tenant
 from billing_gateway.usage.items import Charge
 
 
@@ -60,6 +61,7 @@ def debit(
     metadata: dict[str, Any] | None = None,
 ) -> LedgerResult:
     """Charge usage: never below zero ('insufficient_funds'), once per message_id ('duplicate')."""
+    require_tenant(org_id)
     row = conn.execute(
         "SELECT transaction_id, balance, outcome"
         " FROM deduct_credits(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
@@ -91,6 +93,7 @@ def charge_bulk(
 
     The orgs must be in the transaction's tenant set (db.tenant_set_transaction).
     """
+    require_tenant(*{c.org_id for c in charges})
     if not charges:
         return []
     rows = conn.execute(
@@ -122,6 +125,7 @@ def refund_usage(
 ) -> LedgerResult:
     """Give back a message's charge once (outcomes credited, duplicate, not_charged,
     exceeds_charge); `amount` defaults to the whole charge."""
+    require_tenant(org_id)
     row = conn.execute(
         "SELECT transaction_id, balance, outcome FROM refund_usage(%s, %s, %s, %s, %s)",
         (org_id, message_id, amount, description, created_by),

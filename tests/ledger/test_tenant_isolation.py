@@ -11,9 +11,10 @@ import pytest
 from flask import Flask
 
 from billing_gateway import create_app
-from billing_gateway.ledger import credits
+from billing_gateway.ledger import credits, history
 from billing_gateway.platform.config import Settings
-from billing_gateway.platform.db import get_pool, tenant_transaction
+from billing_gateway.platform.db import OutsideTenantScope, get_pool, tenant_transaction
+from billing_gateway.usage import charges, pricing
 from tests.plugins.service import TokenFactory
 
 
@@ -74,8 +75,14 @@ def test_tenant_setting_ends_with_the_transaction(app: Flask, org: uuid.UUID) ->
 
 def test_cannot_write_into_another_org(app: Flask, org: uuid.UUID, other_org: uuid.UUID) -> None:
     with get_pool(app).connection() as conn:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege), tenant_transaction(conn, org):
+        # First wall: the service function refuses an org outside the scope, by name.
+        with pytest.raises(OutsideTenantScope, match=str(other_org)), \
+                tenant_transaction(conn, org):
             credits.credit(conn, other_org, Decimal("100"))
+        # Second wall: row level security refuses the same write made in SQL.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), tenant_transaction(conn, org):
+            conn.execute("SELECT add_credits(%s, 100, 'bonus', NULL, NULL, NULL, NULL, NULL)",
+                         (other_org,))
         with pytest.raises(psycopg.errors.InsufficientPrivilege), tenant_transaction(conn, org):
             conn.execute("INSERT INTO organizations (id, sms_balance) VALUES (%s, 1000000)",
                          (other_org,))
@@ -136,3 +143,22 @@ def test_thousand_alternating_requests_over_two_connections_leak_nothing(
         assert ids == two_orgs[target]
         assert total == len(two_orgs[target])
     assert leftover in (("",), (None,))
+
+
+@pytest.mark.parametrize("call", [
+    lambda conn, org: credits.credit(conn, org, Decimal("1")),
+    lambda conn, org: credits.get_balance(conn, org),
+    lambda conn, org: history.history(conn, org, limit=20, offset=0),
+    lambda conn, org: charges.debit(conn, org, Decimal("1"), message_id="m"),
+    lambda conn, org: charges.refund_usage(conn, org, "m"),
+    lambda conn, org: pricing.set_sms_price(conn, org, Decimal("0.01")),
+], ids=["credit", "get_balance", "history", "debit", "refund_usage", "set_sms_price"])
+def test_tenant_data_outside_a_tenant_scope_is_an_error_not_nothing(
+        app: Flask, org: uuid.UUID, call) -> None:  # type: ignore[no-untyped-def]
+    """Without a scope, row level security would show an empty ledger; the service
+    functions say what is wrong instead."""
+    with get_pool(app).connection() as conn:
+        with pytest.raises(OutsideTenantScope, match="outside the current tenant scope"):
+            call(conn, org)
+        with tenant_transaction(conn, org):
+            assert credits.get_balance(conn, org) == 0  # inside its scope it works
