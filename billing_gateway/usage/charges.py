@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
@@ -14,11 +15,29 @@ from billing_gateway.platform.db import require_tenant
 from billing_gateway.usage.items import Charge
 
 
+class ChargeOutcome(StrEnum):
+    """What a charge did, single or bulk: the same words from SQL to the API."""
+
+    CHARGED = "charged"
+    DUPLICATE = "duplicate"  # the message was charged before: the original charge answers
+    INSUFFICIENT_FUNDS = "insufficient_funds"  # nothing charged
+    TOO_LARGE = "too_large"  # smsCount x price above what one charge may be
+
+
+class RefundOutcome(StrEnum):
+    """What a usage refund did."""
+
+    CREDITED = "credited"
+    DUPLICATE = "duplicate"  # refunded before: the first refund answers
+    NOT_CHARGED = "not_charged"  # no charge for this message in this org
+    EXCEEDS_CHARGE = "exceeds_charge"  # more than was charged: nothing refunded
+
+
 @dataclass(frozen=True, slots=True)
 class ChargeResult(LedgerResult):
-    """A charge's result (outcome debited, duplicate, insufficient_funds or too_large),
-    with the price used and the amount it came to."""
+    """A charge's result, with the price used and the amount it came to."""
 
+    outcome: ChargeOutcome
     price: Decimal | None = None
     amount: Decimal | None = None
 
@@ -35,19 +54,19 @@ def charge(
     campaign_id: str | None = None,
     description: str | None = None,
 ) -> ChargeResult:
-    """Charge sms_count messages in one statement (api_deduct): price from the
+    """Charge sms_count messages in one statement (api_charge): price from the
     request, else the org, else default_price; never below zero; once per message_id."""
     row = conn.execute(
         "SELECT transaction_id, balance, outcome, price, amount"
-        " FROM api_deduct(%s, %s, %s, %s, %s, %s, %s, %s)",
+        " FROM api_charge(%s, %s, %s, %s, %s, %s, %s, %s)",
         (org_id, caller, sms_count, cost_per_sms, default_price, message_id, campaign_id,
          description),
     ).fetchone()
     assert row is not None
-    return ChargeResult(*row)
+    return ChargeResult(row[0], row[1], ChargeOutcome(row[2]), row[3], row[4])
 
 
-def debit(
+def charge_amount(
     conn: psycopg.Connection,
     org_id: UUID,
     amount: Decimal,
@@ -59,27 +78,34 @@ def debit(
     description: str | None = None,
     created_by: str | None = None,
     metadata: dict[str, Any] | None = None,
-) -> LedgerResult:
-    """Charge usage: never below zero ('insufficient_funds'), once per message_id ('duplicate')."""
+) -> ChargeResult:
+    """Charge an amount of usage: never below zero, once per message_id."""
     require_tenant(org_id)
     row = conn.execute(
         "SELECT transaction_id, balance, outcome"
-        " FROM deduct_credits(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        " FROM charge_sms(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (org_id, amount, sms_count, cost_per_sms, message_id, campaign_id, description,
          created_by, jsonb(metadata)),
     ).fetchone()
     assert row is not None
-    return LedgerResult(*row)
+    return ChargeResult(row[0], row[1], ChargeOutcome(row[2]))
+
+
+@dataclass(frozen=True, slots=True)
+class RefundResult(LedgerResult):
+    """A usage refund's result."""
+
+    outcome: RefundOutcome
 
 
 @dataclass(frozen=True, slots=True)
 class BulkOutcome:
-    """What one item of a bulk charge did (outcome charged, duplicate, insufficient_funds
-    or too_large), with its transaction and the org's balance after it."""
+    """What one item of a bulk charge did, with its transaction and the org's balance
+    after it."""
 
     transaction_id: UUID | None
     balance: Decimal
-    outcome: str
+    outcome: ChargeOutcome
 
 
 def charge_bulk(
@@ -98,7 +124,7 @@ def charge_bulk(
         return []
     rows = conn.execute(
         "SELECT transaction_id, balance, outcome"
-        " FROM deduct_credits_bulk(%s::uuid[], %s::integer[], %s::numeric[], %s,"
+        " FROM charge_sms_bulk(%s::uuid[], %s::integer[], %s::numeric[], %s,"
         " %s::text[], %s::text[], %s::text[], %s)",
         (
             [c.org_id for c in charges],
@@ -111,7 +137,7 @@ def charge_bulk(
             created_by,
         ),
     ).fetchall()
-    return [BulkOutcome(*row) for row in rows]
+    return [BulkOutcome(row[0], row[1], ChargeOutcome(row[2])) for row in rows]
 
 
 def refund_usage(
@@ -122,7 +148,7 @@ def refund_usage(
     *,
     description: str | None = None,
     created_by: str | None = None,
-) -> LedgerResult:
+) -> RefundResult:
     """Give back a message's charge once (outcomes credited, duplicate, not_charged,
     exceeds_charge); `amount` defaults to the whole charge."""
     require_tenant(org_id)
@@ -131,4 +157,4 @@ def refund_usage(
         (org_id, message_id, amount, description, created_by),
     ).fetchone()
     assert row is not None
-    return LedgerResult(*row)
+    return RefundResult(row[0], row[1], RefundOutcome(row[2]))

@@ -18,6 +18,7 @@ from billing_gateway.platform.db import get_db, tenant_transaction
 from billing_gateway.platform.errors import InsufficientFunds, NotFound, ValidationFailed
 from billing_gateway.platform.http import blueprint
 from billing_gateway.usage import charges, pricing
+from billing_gateway.usage.charges import ChargeOutcome, RefundOutcome
 from billing_gateway.usage.items import Charge, InvalidCharge
 from billing_gateway.usage.schemas import (
     BulkChargeRequest,
@@ -40,7 +41,7 @@ _REFUND_RESPONSE = LedgerWriteResponse()
 @usage_blp.response(201, DeductResponse)
 @usage_blp.alt_response(
     402, description="The balance does not cover the charge; nothing is charged.")
-def deduct(args: dict[str, Any]) -> Response:
+def charge_messages(args: dict[str, Any]) -> Response:
     """Charge smsCount x costPerSms once per messageId; never below zero."""
     settings = current_app.config["BILLING_SETTINGS"]
     org, caller = args["org_id"], current_caller().subject
@@ -51,10 +52,10 @@ def deduct(args: dict[str, Any]) -> Response:
             cost_per_sms=args.get("cost_per_sms"), default_price=settings.default_sms_price,
             message_id=args["message_id"], campaign_id=args.get("campaign_id"),
             description=args.get("description"))
-        if result.outcome == "too_large":
+        if result.outcome is ChargeOutcome.TOO_LARGE:
             raise ValidationFailed("The charge is too large",
                                    fields={"smsCount": ["smsCount x costPerSms is too large."]})
-        if result.outcome == "insufficient_funds":
+        if result.outcome is ChargeOutcome.INSUFFICIENT_FUNDS:
             # Nothing was written; with an Idempotency-Key, raising also frees the key.
             raise InsufficientFunds(
                 f"Balance {money.format_number(result.balance)} does not cover "
@@ -62,7 +63,7 @@ def deduct(args: dict[str, Any]) -> Response:
         return result
 
     if request.headers.get("Idempotency-Key") is None:
-        # The hot path: one statement on the autocommit connection (api_deduct).
+        # The hot path: one statement on the autocommit connection (api_charge).
         return LedgerWrite(conn=get_db(), caller=caller, key=None).created(
             charge(get_db()), _RESPONSE)
     with ledger_write(org) as write:
@@ -77,12 +78,12 @@ def _bulk_result(index: int, item: Charge | InvalidCharge,
         return {"index": index, "outcome": "invalid", "transactionId": None,
                 "reason": item.reason, "fields": item.fields}
     assert outcome is not None
-    if outcome.outcome == "too_large":
+    if outcome.outcome is ChargeOutcome.TOO_LARGE:
         return {"index": index, "outcome": "invalid", "transactionId": None,
                 "balance": money.to_number(outcome.balance),
                 "reason": "smsCount x costPerSms is too large.",
                 "fields": {"smsCount": ["smsCount x costPerSms is too large."]}}
-    return {"index": index, "outcome": outcome.outcome,
+    return {"index": index, "outcome": str(outcome.outcome),
             "transactionId": outcome.transaction_id,
             "balance": money.to_number(outcome.balance)}
 
@@ -91,7 +92,7 @@ def _bulk_result(index: int, item: Charge | InvalidCharge,
 @require_role(SERVICE)
 @usage_blp.arguments(BulkChargeRequest)
 @usage_blp.response(200, BulkChargeResponse)
-def deduct_bulk(args: dict[str, Any]) -> Response:
+def charge_messages_bulk(args: dict[str, Any]) -> Response:
     """Charge up to 1,000 messages, each for its own org, each applied or refused on its own.
 
     Items of one org apply in request order. A repeated messageId (earlier, or within the
@@ -139,9 +140,9 @@ def refund_usage(args: dict[str, Any]) -> Response:
             description=args.get("description") or f"Refund of message {args['message_id']}",
             created_by=current_caller().subject,
         )
-        if result.outcome == "not_charged":
+        if result.outcome is RefundOutcome.NOT_CHARGED:
             raise NotFound(f"No charge for message {args['message_id']} in this organization")
-        if result.outcome == "exceeds_charge":
+        if result.outcome is RefundOutcome.EXCEEDS_CHARGE:
             raise ValidationFailed(
                 "The refund is larger than the charge",
                 fields={"amount": ["Must not exceed the amount charged for this message."]})

@@ -18,8 +18,8 @@ CREATE OR REPLACE FUNCTION message_transaction_id(p_type text, p_org_id uuid, p_
     LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT
     AS $$ SELECT md5(p_type || '/' || p_org_id::text || '/' || p_message_id)::uuid $$;
 
--- A single charge, keyed on the derived id like bulk charges.
-CREATE OR REPLACE FUNCTION deduct_credits(
+-- A single charge of an amount, keyed on the derived id like bulk charges.
+CREATE OR REPLACE FUNCTION charge_sms(
     p_org_id uuid, p_amount numeric, p_sms_count integer DEFAULT NULL,
     p_cost_per_sms numeric DEFAULT NULL, p_message_id text DEFAULT NULL,
     p_campaign_id text DEFAULT NULL, p_description text DEFAULT NULL,
@@ -30,8 +30,9 @@ DECLARE
     v_org organizations;
     v_id uuid := message_transaction_id('sms_send', p_org_id, p_message_id);
     v_prior billing_transactions;
+    v_row ledger_result;
 BEGIN
-    PERFORM require_amount(p_amount, 'debit');
+    PERFORM require_amount(p_amount, 'charge');
     v_org := lock_organization(p_org_id);
     IF v_id IS NOT NULL THEN
         SELECT * INTO v_prior FROM billing_transactions WHERE id = v_id;
@@ -42,9 +43,11 @@ BEGIN
     IF v_org.sms_balance < p_amount THEN
         RETURN (NULL::uuid, v_org.sms_balance, 'insufficient_funds'::text);
     END IF;
-    RETURN append_ledger_row(coalesce(v_id, gen_random_uuid()), v_org, 'sms_send', -p_amount,
-                             p_sms_count, p_cost_per_sms, NULL, NULL, p_message_id,
-                             p_campaign_id, p_description, p_metadata, p_created_by);
+    v_row := append_ledger_row(coalesce(v_id, gen_random_uuid()), v_org, 'sms_send', -p_amount,
+                               p_sms_count, p_cost_per_sms, NULL, NULL, p_message_id,
+                               p_campaign_id, p_description, p_metadata, p_created_by);
+    -- The words of every charge, single or bulk: charged, duplicate, insufficient_funds.
+    RETURN (v_row.transaction_id, v_row.balance, 'charged'::text);
 END
 $$;
 
@@ -60,7 +63,7 @@ $$;
 -- is the whole decision; otherwise a loop over the items, in memory, decides with each org's
 -- running balance. Then one INSERT writes every ledger row, one UPDATE every org, one
 -- upsert every per-type counter.
-CREATE OR REPLACE FUNCTION deduct_credits_bulk(
+CREATE OR REPLACE FUNCTION charge_sms_bulk(
     p_org_ids uuid[], p_sms_counts integer[], p_costs numeric[], p_default_price numeric,
     p_message_ids text[], p_campaign_ids text[], p_descriptions text[], p_created_by text
 ) RETURNS SETOF bulk_charge_result
@@ -86,7 +89,7 @@ BEGIN
     IF cardinality(p_sms_counts) <> n OR cardinality(p_costs) <> n
        OR cardinality(p_message_ids) <> n OR cardinality(p_campaign_ids) <> n
        OR cardinality(p_descriptions) <> n THEN
-        RAISE EXCEPTION 'deduct_credits_bulk: arrays of different lengths'
+        RAISE EXCEPTION 'charge_sms_bulk: arrays of different lengths'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF array_position(p_org_ids, NULL) IS NOT NULL
@@ -94,7 +97,7 @@ BEGIN
        OR EXISTS (SELECT FROM unnest(p_sms_counts) c WHERE c IS NULL OR c <= 0)
        OR EXISTS (SELECT FROM unnest(p_costs) c WHERE c = 'NaN' OR c <= 0 OR c >= 1e14)
        OR p_default_price IS NULL OR p_default_price = 'NaN' OR p_default_price <= 0 THEN
-        RAISE EXCEPTION 'deduct_credits_bulk: every item needs an org, a message, a positive'
+        RAISE EXCEPTION 'charge_sms_bulk: every item needs an org, a message, a positive'
             ' count and a positive price'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -316,7 +319,7 @@ $$;
 
 -- POST /deduct: the price is the request's, else the org's, else p_default_price; a cost
 -- above 1,000,000,000 is refused (outcome too_large) before anything is written.
-CREATE OR REPLACE FUNCTION api_deduct(
+CREATE OR REPLACE FUNCTION api_charge(
     p_org_id uuid, p_caller text, p_sms_count integer, p_cost_per_sms numeric,
     p_default_price numeric, p_message_id text, p_campaign_id text, p_description text
 ) RETURNS charge_result
@@ -335,9 +338,9 @@ BEGIN
     IF v_amount > 1e9 THEN
         RETURN (NULL::uuid, NULL::numeric, 'too_large'::text, v_price, v_amount);
     END IF;
-    v := deduct_credits(p_org_id, v_amount, p_sms_count, v_price, p_message_id,
-                        p_campaign_id, coalesce(p_description, 'Sent ' || p_sms_count || ' SMS'),
-                        p_caller, NULL);
+    v := charge_sms(p_org_id, v_amount, p_sms_count, v_price, p_message_id,
+                    p_campaign_id, coalesce(p_description, 'Sent ' || p_sms_count || ' SMS'),
+                    p_caller, NULL);
     RETURN (v.transaction_id, v.balance, v.outcome, v_price, v_amount);
 END
 $$;

@@ -17,7 +17,7 @@ from billing_gateway.usage import charges
 
 def _debit(app: Flask, org: uuid.UUID, amount: Decimal, message_id: str | None) -> str:
     with get_pool(app).connection() as conn, tenant_transaction(conn, org):
-        return charges.debit(conn, org, amount, sms_count=1, cost_per_sms=amount,
+        return charges.charge_amount(conn, org, amount, sms_count=1, cost_per_sms=amount,
                             message_id=message_id).outcome
 
 
@@ -40,7 +40,7 @@ def test_200_parallel_debits_of_1_against_50(app: Flask, org: uuid.UUID,
     with ThreadPoolExecutor(max_workers=20) as pool:
         outcomes = Counter(pool.map(
             lambda i: _debit(app, org, Decimal("1.00"), f"msg-{i}"), range(200)))
-    assert outcomes == {"debited": 50, "insufficient_funds": 150}
+    assert outcomes == {"charged": 50, "insufficient_funds": 150}
     balance, total = _ledger_sum(owner_conn, org)
     assert balance == Decimal("0") == total
 
@@ -51,7 +51,7 @@ def test_same_message_sent_concurrently_charges_once(app: Flask, org: uuid.UUID,
     with ThreadPoolExecutor(max_workers=10) as pool:
         outcomes = Counter(pool.map(
             lambda _: _debit(app, org, Decimal("0.0075"), "msg-same"), range(20)))
-    assert outcomes == {"debited": 1, "duplicate": 19}
+    assert outcomes == {"charged": 1, "duplicate": 19}
     assert _ledger_sum(owner_conn, org)[0] == Decimal("9.9925")
 
 
@@ -68,10 +68,10 @@ def test_racing_credits_and_debits_keep_balance_equal_to_sum(
     with ThreadPoolExecutor(max_workers=16) as pool:
         outcomes = Counter(pool.map(work, range(300)))
     assert outcomes["credited"] == 100
-    assert outcomes["debited"] + outcomes["insufficient_funds"] == 200
+    assert outcomes["charged"] + outcomes["insufficient_funds"] == 200
     balance, total = _ledger_sum(owner_conn, org)
     assert balance == total
-    assert balance == Decimal("1.00") + 100 * Decimal("0.50") - outcomes["debited"] * Decimal(
+    assert balance == Decimal("1.00") + 100 * Decimal("0.50") - outcomes["charged"] * Decimal(
         "0.3333")
 
 
@@ -81,6 +81,6 @@ def test_sub_cent_prices_do_not_drift(app: Flask, org: uuid.UUID,
     with get_pool(app).connection() as conn:
         for i in range(1000):
             with tenant_transaction(conn, org):
-                charges.debit(conn, org, Decimal("0.0075"), sms_count=1,
+                charges.charge_amount(conn, org, Decimal("0.0075"), sms_count=1,
                              cost_per_sms=Decimal("0.0075"), message_id=f"m{i}")
     assert _ledger_sum(owner_conn, org) == (Decimal("2.5000"), Decimal("2.5000"))

@@ -15,7 +15,7 @@ from billing_gateway.usage import charges
 
 
 @pytest.mark.parametrize("amount", ["NaN", "0", "-1", "Infinity", "1e15"])
-@pytest.mark.parametrize("function", ["add_credits", "deduct_credits"])
+@pytest.mark.parametrize("function", ["add_credits", "charge_sms"])
 def test_functions_refuse_impossible_amounts(app: Flask, org: uuid.UUID, function: str,
                                              amount: str) -> None:
     with get_pool(app).connection() as conn:
@@ -42,7 +42,7 @@ def test_debit_beyond_balance_writes_nothing(app: Flask, org: uuid.UUID,
                                              owner_conn: psycopg.Connection) -> None:
     with get_pool(app).connection() as conn, tenant_transaction(conn, org):
         credits.credit(conn, org, Decimal("1.00"))
-        result = charges.debit(conn, org, Decimal("1.0001"), message_id="too-much")
+        result = charges.charge_amount(conn, org, Decimal("1.0001"), message_id="too-much")
     assert (result.outcome, result.transaction_id, result.balance) == (
         "insufficient_funds", None, Decimal("1.0000"))
     rows = owner_conn.execute("SELECT count(*) FROM billing_transactions WHERE org_id = %s",

@@ -149,10 +149,10 @@ def test_thousand_alternating_requests_over_two_connections_leak_nothing(
     lambda conn, org: credits.credit(conn, org, Decimal("1")),
     lambda conn, org: credits.get_balance(conn, org),
     lambda conn, org: history.history(conn, org, limit=20, offset=0),
-    lambda conn, org: charges.debit(conn, org, Decimal("1"), message_id="m"),
+    lambda conn, org: charges.charge_amount(conn, org, Decimal("1"), message_id="m"),
     lambda conn, org: charges.refund_usage(conn, org, "m"),
     lambda conn, org: pricing.set_sms_price(conn, org, Decimal("0.01")),
-], ids=["credit", "get_balance", "history", "debit", "refund_usage", "set_sms_price"])
+], ids=["credit", "get_balance", "history", "charge_amount", "refund_usage", "set_sms_price"])
 def test_tenant_data_outside_a_tenant_scope_is_an_error_not_nothing(
         app: Flask, org: uuid.UUID, call) -> None:  # type: ignore[no-untyped-def]
     """Without a scope, row level security would show an empty ledger; the service

@@ -27,7 +27,7 @@ def history(credit, org: uuid.UUID, database_url: str) -> list[str]:  # type: ig
         conn.execute("SET ROLE billing_app")
         for n in range(3):
             with tenant_transaction(conn, org) as tx:
-                result = charges.debit(tx, org, Decimal("0.0075"), sms_count=1,
+                result = charges.charge_amount(tx, org, Decimal("0.0075"), sms_count=1,
                                       cost_per_sms=Decimal("0.0075"), message_id=f"m{n}")
                 ids.append(str(result.transaction_id))
     return ids

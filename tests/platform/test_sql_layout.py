@@ -48,7 +48,7 @@ def test_each_function_policy_and_trigger_lives_in_one_file() -> None:
         for definition in _definitions(migration.path):
             homes.setdefault(definition.split("(")[0], set()).add(migration.version)
     assert {d: v for d, v in homes.items() if len(v) > 1} == {}
-    for name in ("deduct_credits", "append_ledger_row", "deduct_credits_bulk"):
+    for name in ("charge_sms", "append_ledger_row", "charge_sms_bulk"):
         assert homes[f"function {name}"] == {
             "R:20_ledger" if name == "append_ledger_row" else "R:30_usage"}
 
@@ -165,14 +165,15 @@ def test_a_database_of_the_old_layout_migrates_unchanged(database_before_layout:
                      (orgs[0],))
         before = _snapshot(conn)
         applied = migrate(database_before_layout)
-        assert applied == [m.version for m in repeatable_files()]
+        assert applied == ["007_charge_names"] + [m.version for m in repeatable_files()]
         assert _snapshot(conn) == before
         recorded = dict(conn.execute("SELECT version, checksum FROM schema_migrations"))
         assert {m.version: recorded[m.version] for m in pending_files()} == {
             m.version: m.checksum for m in pending_files()}
         _apply_files_and_compare(conn)
-        # The functions work as before: the same message is not charged twice.
-        conn.execute("SELECT api_deduct(%s, 'sms', 2, NULL, 0.0075, 'msg-2', NULL, NULL)",
+        # The functions work as before, under their new names: the same message is not
+        # charged twice.
+        conn.execute("SELECT api_charge(%s, 'sms', 2, NULL, 0.0075, 'msg-2', NULL, NULL)",
                      (orgs[0],))
         assert _snapshot(conn) == before
         assert migrate(database_before_layout) == []

@@ -233,7 +233,7 @@ def test_the_batch_cannot_reach_an_org_outside_its_tenant_set(
     with get_pool(app).connection() as conn, pytest.raises(
         psycopg.errors.InsufficientPrivilege
     ), tenant_set_transaction(conn, [org]) as tx:
-        tx.execute("SELECT * FROM deduct_credits_bulk(%s::uuid[], '{1}', '{1}', 1,"
+        tx.execute("SELECT * FROM charge_sms_bulk(%s::uuid[], '{1}', '{1}', 1,"
                    " '{m}', '{NULL}', '{d}', 'test')", ([other_org],))
 
 
