@@ -1,4 +1,5 @@
-"""Items of a bulk SMS charge: each validated on its own, so one bad item fails only itself."""
+"""The rules of one SMS charge, used by POST /deduct and by every item of /deduct/bulk: each
+item is validated on its own, so one bad bulk item fails only itself."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from billing_gateway.platform import money, text
 
 MAX_SMS_COUNT = 1_000_000
 MAX_BULK_ITEMS = 1000
+MAX_ID_LENGTH = 255  # messageId, campaignId
+MAX_DESCRIPTION_LENGTH = 1000
 _FIELDS = frozenset(
     {"orgId", "smsCount", "costPerSms", "messageId", "campaignId", "description"}
 )
@@ -59,10 +62,11 @@ def _text(item: dict[str, Any], name: str, max_length: int, errors: dict[str, li
 
 
 def parse_charge(item: Any) -> Charge | InvalidCharge:
-    """Validate one bulk item with the same rules as POST /deduct (a plain loop, for speed).
+    """Validate one charge: the body of POST /deduct, or one item of /deduct/bulk.
 
-    marshmallow takes about 10 ms per 1,000 such items on this machine; this takes well
-    under one, and a bulk request of 1,000 charges should cost about what its SQL costs.
+    A plain loop, for speed: marshmallow takes about 10 ms per 1,000 such items on this
+    machine; this takes well under one, and a bulk request of 1,000 charges should cost
+    about what its SQL costs.
     """
     if not isinstance(item, dict):
         return InvalidCharge({"_item": ["Must be an object."]})
@@ -88,9 +92,9 @@ def parse_charge(item: Any) -> Charge | InvalidCharge:
             cost = money.parse_amount(item["costPerSms"], maximum=money.MAX_SMS_PRICE)
         except money.AmountError as exc:
             errors["costPerSms"] = [f"Amount {exc}."]
-    message_id = _text(item, "messageId", 255, errors, required=True)
-    campaign_id = _text(item, "campaignId", 255, errors)
-    description = _text(item, "description", 1000, errors)
+    message_id = _text(item, "messageId", MAX_ID_LENGTH, errors, required=True)
+    campaign_id = _text(item, "campaignId", MAX_ID_LENGTH, errors)
+    description = _text(item, "description", MAX_DESCRIPTION_LENGTH, errors)
     if errors or org_id is None or message_id is None or not isinstance(sms_count, int):
         return InvalidCharge(errors)
     return Charge(org_id, sms_count, cost, message_id, campaign_id, description)

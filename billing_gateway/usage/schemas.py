@@ -13,17 +13,32 @@ from billing_gateway.usage import items
 
 
 class DeductRequest(Schema):
-    """One SMS charge by the SMS sender."""
+    """One SMS charge by the SMS sender.
+
+    The fields describe the request in /openapi.json; the request is checked by the one
+    set of charge rules, items.parse_charge, which also checks every bulk item (load).
+    """
 
     org_id = fields.UUID(data_key="orgId", required=True)
     sms_count = fields.Integer(data_key="smsCount", required=True, strict=True,
-                               validate=validate.Range(min=1, max=1_000_000))
+                               validate=validate.Range(min=1, max=items.MAX_SMS_COUNT))
     cost_per_sms = Money(data_key="costPerSms", maximum=money.MAX_SMS_PRICE, metadata={
         "description": "Default: the org's price, else BILLING_DEFAULT_SMS_PRICE."})
-    message_id = text_field(255, data_key="messageId", required=True, metadata={
-        "description": "Charged once: a repeat returns the original charge."})
-    campaign_id = text_field(255, data_key="campaignId")
-    description = text_field(1000)
+    message_id = text_field(items.MAX_ID_LENGTH, data_key="messageId", required=True,
+                            metadata={"description": "Charged once: a repeat returns the "
+                                                     "original charge."})
+    campaign_id = text_field(items.MAX_ID_LENGTH, data_key="campaignId")
+    description = text_field(items.MAX_DESCRIPTION_LENGTH)
+
+    def load(self, data: Any, *, many: bool | None = None, partial: Any = None,
+             unknown: str | None = None) -> dict[str, Any]:
+        """Check the charge with items.parse_charge and return it as the view reads it."""
+        charge = items.parse_charge(data)
+        if isinstance(charge, items.InvalidCharge):
+            raise ValidationError(charge.fields)
+        return {"org_id": charge.org_id, "sms_count": charge.sms_count,
+                "cost_per_sms": charge.cost_per_sms, "message_id": charge.message_id,
+                "campaign_id": charge.campaign_id, "description": charge.description}
 
 
 class DeductResponse(LedgerWriteResponse):

@@ -268,3 +268,31 @@ def test_bulk_batches_racing_single_charges_and_credits_keep_the_ledger_sound(
             " GROUP BY o.sms_balance", (which,)).fetchone()
         assert balance == total >= 0
     # The autouse ledger_is_sound fixture then checks every chain and counter.
+
+
+@pytest.mark.parametrize("item", [
+    {"smsCount": 1, "messageId": "m"},                                      # no org
+    {"orgId": "not-a-uuid", "smsCount": 1, "messageId": "m"},
+    {"orgId": "{org}", "smsCount": 0, "messageId": "m"},
+    {"orgId": "{org}", "smsCount": "1", "messageId": "m"},
+    {"orgId": "{org}", "smsCount": True, "messageId": "m"},
+    {"orgId": "{org}", "smsCount": 1_000_001, "messageId": "m"},
+    {"orgId": "{org}", "smsCount": 1, "messageId": "m", "costPerSms": "0_01"},
+    {"orgId": "{org}", "smsCount": 1, "messageId": "m", "costPerSms": 1001},
+    {"orgId": "{org}", "smsCount": 1},                                      # no messageId
+    {"orgId": "{org}", "smsCount": 1, "messageId": "x" * 256},
+    {"orgId": "{org}", "smsCount": 1, "messageId": "m", "description": ""},
+    {"orgId": "{org}", "smsCount": 1, "messageId": "m", "balance": 5},
+])
+def test_deduct_and_a_bulk_item_refuse_a_charge_by_the_same_rules(
+        client: FlaskClient, auth: TokenFactory, org: uuid.UUID, item: dict) -> None:
+    """The rules of a charge are defined once (usage.items.parse_charge): the same field
+    errors for POST /deduct and for an item of /deduct/bulk."""
+    body = {k: (str(org) if v == "{org}" else v) for k, v in item.items()}
+    single = client.post("/api/billing/deduct", headers=auth("service"), json=body)
+    bulk = client.post("/api/billing/deduct/bulk", headers=auth("service"),
+                       json={"charges": [body]})
+    assert single.status_code == 400
+    result = bulk.get_json()["results"][0]
+    assert result["outcome"] == "invalid"
+    assert single.get_json()["error"]["fields"] == result["fields"]
