@@ -254,8 +254,8 @@ def signed_events(path: Path, count: int) -> None:
 # -- pgbench ------------------------------------------------------------------------------
 
 # Exactly what POST /deduct (without an Idempotency-Key) sends: one statement, api_charge
-# (sql/005), which sets the tenant itself, as the same role (billing_app), with prepared
-# statements as psycopg uses after five runs.
+# (sql/functions/30_usage.sql), which sets the tenant itself, as the same role
+# (billing_app), with prepared statements as psycopg uses after five runs.
 PGBENCH_DEDUCT = """\\set n random(1, 1000000000000)
 \\set o {org_expr}
 SELECT transaction_id, balance, outcome, price, amount FROM api_charge(('00000000-0000-4000-8000-' || lpad(:o::text, 12, '0'))::uuid, 'bench', 1, 0.0075, 0.0075, 'pg-' || :client_id || '-' || :n, NULL, NULL);

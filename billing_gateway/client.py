@@ -29,8 +29,15 @@ import simplejson
 
 
 def _loads(data: bytes) -> Any:
-    """Parse an answer with every non-integer number as a Decimal."""
-    return simplejson.loads(data, use_decimal=True)
+    """Parse an answer with every non-integer number as a Decimal (NaN and Infinity refused)."""
+    try:
+        return simplejson.loads(data, use_decimal=True, parse_constant=_not_a_number)
+    except RecursionError as exc:  # nested past Python's limit: not an answer of ours
+        raise ValueError("JSON nested too deeply") from exc
+
+
+def _not_a_number(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
 
 
 def _dumps(body: Any) -> str:

@@ -165,9 +165,12 @@ def stripe_transaction(conn: psycopg.Connection) -> Iterator[psycopg.Connection]
 
 
 def enter_org(conn: psycopg.Connection, org_id: UUID) -> None:
-    """Scope the rest of the current transaction's ledger work to one org."""
+    """Scope the rest of the current transaction's ledger work to one org (inside a scope
+    such as stripe_transaction, whose end undoes it)."""
+    if _TENANTS.get() is None:
+        raise OutsideTenantScope(f"enter_org({org_id}) outside a transaction scope")
     conn.execute("SELECT set_config('billing.org_id', %s, true)", (str(org_id),))
-    _TENANTS.set(frozenset((org_id,)))  # undone when the enclosing scope ends
+    _TENANTS.set(frozenset((org_id,)))
 
 
 def get_pool(app: Flask | None = None) -> BillingPool:

@@ -4,7 +4,7 @@ Webhooks can be missed (an outage longer than Stripe's retries, a misconfigured
 endpoint). This pages through Stripe's succeeded PaymentIntents, credits the tagged ones
 the ledger lacks through the same idempotent path as the webhook, and processes again the
 stored events whose processing failed. It also settles top-up requests left pending by a
-crash between recording them and recording Stripe's session (billing_gateway.checkout).
+crash between recording them and recording Stripe's session (billing_gateway.topups.checkout).
 """
 
 from __future__ import annotations

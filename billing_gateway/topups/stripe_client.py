@@ -72,7 +72,7 @@ def create_checkout_session(
     The org is tagged on the session and on its PaymentIntent: Checkout's own metadata
     does not reach the PaymentIntent, and payment_intent.succeeded carries only the latter.
     The session also names the idempotency key of its request, so reconciliation can find
-    a session whose creation was never recorded (billing_gateway.checkout).
+    a session whose creation was never recorded (billing_gateway.topups.checkout).
     https://docs.stripe.com/api/checkout/sessions/create
     """
     currency = settings.currency

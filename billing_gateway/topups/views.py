@@ -49,7 +49,7 @@ def create_checkout(args: dict[str, Any]) -> Response:
     """Start a top-up: a Stripe Checkout Session for `amount`, credited when paid.
 
     No transaction or pooled connection is held while Stripe is waited on
-    (billing_gateway.checkout): a slow Stripe delays top-ups, never charges.
+    (billing_gateway.topups.checkout): a slow Stripe delays top-ups, never charges.
     """
     settings = current_app.config["BILLING_SETTINGS"]
     amount = args["amount"]

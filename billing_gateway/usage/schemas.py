@@ -33,6 +33,8 @@ class DeductRequest(Schema):
     def load(self, data: Any, *, many: bool | None = None, partial: Any = None,
              unknown: str | None = None) -> dict[str, Any]:
         """Check the charge with items.parse_charge and return it as the view reads it."""
+        if many or partial:
+            raise NotImplementedError("a charge request is one whole charge")
         charge = items.parse_charge(data)
         if isinstance(charge, items.InvalidCharge):
             raise ValidationError(charge.fields)
@@ -50,7 +52,7 @@ class BulkChargeItem(DeductRequest):
 
 
 class BulkChargeList(fields.List):
-    """The items of a bulk charge, each validated on its own (billing_gateway.charges).
+    """The items of a bulk charge, each validated on its own (usage.items.parse_charge).
 
     A bad item becomes an `invalid` outcome instead of failing the request, so the
     description promises no shape for an item: any JSON value is taken, and answered.

@@ -344,3 +344,37 @@ BEGIN
     RETURN (v.transaction_id, v.balance, v.outcome, v_price, v_amount);
 END
 $$;
+
+-- The names from before "charge" became the one word for it (2026-11-25), as thin
+-- wrappers, for one release only: while a deployment migrates, the processes of the
+-- previous release still call them, and must keep charging. The release after drops them
+-- in a numbered migration (DROP FUNCTION deduct_credits(uuid, numeric, integer, numeric,
+-- text, text, text, text, jsonb), deduct_credits_bulk(...), api_deduct(...)).
+CREATE OR REPLACE FUNCTION deduct_credits(
+    p_org_id uuid, p_amount numeric, p_sms_count integer DEFAULT NULL,
+    p_cost_per_sms numeric DEFAULT NULL, p_message_id text DEFAULT NULL,
+    p_campaign_id text DEFAULT NULL, p_description text DEFAULT NULL,
+    p_created_by text DEFAULT NULL, p_metadata jsonb DEFAULT NULL
+) RETURNS ledger_result
+    LANGUAGE sql AS $$
+    SELECT * FROM charge_sms(p_org_id, p_amount, p_sms_count, p_cost_per_sms, p_message_id,
+                             p_campaign_id, p_description, p_created_by, p_metadata)
+$$;
+
+CREATE OR REPLACE FUNCTION deduct_credits_bulk(
+    p_org_ids uuid[], p_sms_counts integer[], p_costs numeric[], p_default_price numeric,
+    p_message_ids text[], p_campaign_ids text[], p_descriptions text[], p_created_by text
+) RETURNS SETOF bulk_charge_result
+    LANGUAGE sql AS $$
+    SELECT * FROM charge_sms_bulk(p_org_ids, p_sms_counts, p_costs, p_default_price,
+                                  p_message_ids, p_campaign_ids, p_descriptions, p_created_by)
+$$;
+
+CREATE OR REPLACE FUNCTION api_deduct(
+    p_org_id uuid, p_caller text, p_sms_count integer, p_cost_per_sms numeric,
+    p_default_price numeric, p_message_id text, p_campaign_id text, p_description text
+) RETURNS charge_result
+    LANGUAGE sql AS $$
+    SELECT * FROM api_charge(p_org_id, p_caller, p_sms_count, p_cost_per_sms, p_default_price,
+                             p_message_id, p_campaign_id, p_description)
+$$;

@@ -13,7 +13,13 @@ from flask import Flask
 from billing_gateway import create_app
 from billing_gateway.ledger import credits, history
 from billing_gateway.platform.config import Settings
-from billing_gateway.platform.db import OutsideTenantScope, get_pool, tenant_transaction
+from billing_gateway.platform.db import (
+    OutsideTenantScope,
+    enter_org,
+    get_pool,
+    stripe_transaction,
+    tenant_transaction,
+)
 from billing_gateway.usage import charges, pricing
 from tests.plugins.service import TokenFactory
 
@@ -162,3 +168,16 @@ def test_tenant_data_outside_a_tenant_scope_is_an_error_not_nothing(
             call(conn, org)
         with tenant_transaction(conn, org):
             assert credits.get_balance(conn, org) == 0  # inside its scope it works
+
+
+def test_entering_an_org_outside_any_scope_is_refused(app: Flask, org: uuid.UUID) -> None:
+    """enter_org only narrows a scope (stripe_transaction); alone it would leak the org into
+    whatever this thread does next."""
+    with get_pool(app).connection() as conn:
+        with pytest.raises(OutsideTenantScope, match="outside a transaction scope"):
+            enter_org(conn, org)
+        with stripe_transaction(conn):
+            enter_org(conn, org)
+            assert credits.get_balance(conn, org) == 0
+        with pytest.raises(OutsideTenantScope):  # the scope's end took the org away
+            credits.get_balance(conn, org)
