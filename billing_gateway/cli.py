@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
+import secrets
+import socket
 import sys
 import time
 import uuid
@@ -94,6 +97,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     migrate(dsn)
     warn_if_dev_secret(settings)
     bind = f"{args.host}:{args.port}"
+    if "BILLING_PUBLIC_URL" not in os.environ:
+        # Checkout returns the customer here: this very service unless told otherwise.
+        settings = settings.with_overrides(public_url=f"http://{bind}")
+    if not settings.stripe_secret_key and not settings.is_production:
+        settings = _start_stripe_sim(settings, args.host, args.port)
     if settings.jwt_algorithm == "HS256":
         _print_quickstart(settings, bind)
 
@@ -112,6 +120,56 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             return create_app(settings, database_url=dsn)
 
     Server().run()
+    return 0
+
+
+def _start_stripe_sim(settings: Settings, host: str, port: int) -> Settings:
+    """No Stripe keys: run stripe-sim beside the service and point the service at it, so
+    the whole payment flow can be tried. Said loudly: nothing here is a real payment."""
+    from billing_gateway.topups import stripe_sim
+
+    sim_port = _free_port(host)
+    sim_url = f"http://{host}:{sim_port}"
+    secret = f"whsec_sim_{secrets.token_hex(16)}"
+    stripe_sim.Running(stripe_sim.StripeSim(
+        sim_url, f"http://{host}:{port}/api/billing/stripe-webhook", secret), host, sim_port)
+    print(f"""
+*** TEST MODE: no STRIPE_SECRET_KEY, so Stripe is simulated by stripe-sim at {sim_url}.
+*** Checkout "payments" there are not real. Set STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET
+*** for Stripe itself.""", flush=True)
+    # The key is only a name: stripe-sim checks none.
+    return settings.with_overrides(stripe_secret_key="sk_test_stripe_sim",  # noqa: S106
+                                   stripe_webhook_secrets=(secret,), stripe_api_base=sim_url)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def cmd_stripe_sim(args: argparse.Namespace, settings: Settings) -> int:
+    """Run stripe-sim alone (the gateway then needs STRIPE_API_BASE pointing at it)."""
+    from billing_gateway.topups import stripe_sim
+
+    if settings.is_production:
+        print("stripe-sim is a test stand-in: refused with BILLING_ENV=production",
+              file=sys.stderr)
+        return 2
+    if not args.webhook_secret:
+        print("stripe-sim needs --webhook-secret (the gateway's STRIPE_WEBHOOK_SECRET)",
+              file=sys.stderr)
+        return 2
+    url = f"http://{args.host}:{args.port}"
+    running = stripe_sim.Running(stripe_sim.StripeSim(
+        url, args.webhook_url, args.webhook_secret), args.host, args.port)
+    print(f"stripe-sim on {url} (TEST MODE), webhooks to {args.webhook_url}; Ctrl-C stops it",
+          flush=True)
+    try:
+        running.thread.join()
+    except KeyboardInterrupt:
+        running.stop()
     return 0
 
 
@@ -173,6 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
         "verify-ledger", help="check every ledger invariant; exit 1 with a report if one fails")
     verify.add_argument("--org", help="only this organization (UUID)")
     verify.set_defaults(func=cmd_verify_ledger)
+
+    sim = sub.add_parser("stripe-sim", help="a local stand-in for Stripe's API (tests, trials)")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=12111)
+    sim.add_argument("--webhook-url", default="http://127.0.0.1:8000/api/billing/stripe-webhook")
+    sim.add_argument("--webhook-secret", help="the gateway's STRIPE_WEBHOOK_SECRET")
+    sim.set_defaults(func=cmd_stripe_sim)
 
     token = sub.add_parser("token", help="print a signed JWT for local use")
     token.add_argument("--org", help="organization id (UUID)")

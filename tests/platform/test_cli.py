@@ -10,6 +10,7 @@ from pathlib import Path
 import jwt
 import psutil
 import pytest
+import requests
 
 from billing_gateway.cli import main
 from tests.plugins.servers import Served, call_json, free_port
@@ -78,3 +79,22 @@ def test_serve_on_embedded_database_survives_restart(tmp_path: Path) -> None:
     finally:
         assert again.ctrl_c() == 0
     assert not _postgres_running(data_dir / "pgdata")
+
+
+def test_serve_without_stripe_keys_pays_through_stripe_sim(tmp_path: Path) -> None:
+    """The README's first command: no Stripe account, yet a top-up can be paid (on
+    stripe-sim, said loudly) and is credited through the normal webhook."""
+    served = Served(tmp_path / "data", free_port())
+    try:
+        assert "TEST MODE" in served.log.read_text()
+        member = served.token("MEMBER_TOKEN")
+        session = call_json(f"{served.base}/api/billing/create-checkout", member,
+                            {"amount": 25})
+        page = requests.get(session["url"], timeout=10)
+        assert page.status_code == 200 and "TEST MODE" in page.text
+        paid = requests.post(f"{session['url']}/pay", allow_redirects=False, timeout=10)
+        assert paid.headers["Location"].startswith(f"{served.base}/billing?success=true")
+        balance = call_json(f"{served.base}/api/billing/balance", member)
+        assert balance["balance"] == Decimal("25.00")
+    finally:
+        assert served.ctrl_c() == 0

@@ -34,8 +34,10 @@ class Served:
     """`billing-gateway serve` in its own process group, as a terminal runs it."""
 
     def __init__(self, data_dir: Path, port: int) -> None:
+        # The README's first command on a fresh machine: no database, secret or Stripe keys.
         env = {k: v for k, v in os.environ.items()
-               if k not in ("DATABASE_URL", "BILLING_JWT_SECRET")}
+               if k not in ("DATABASE_URL", "BILLING_JWT_SECRET", "STRIPE_SECRET_KEY",
+                            "STRIPE_WEBHOOK_SECRET", "STRIPE_API_BASE")}
         env["BILLING_DATA_DIR"] = str(data_dir)
         self.log = data_dir.parent / f"serve-{time.monotonic_ns()}.log"
         self.output = self.log.open("w")
