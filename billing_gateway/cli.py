@@ -128,11 +128,15 @@ def _start_stripe_sim(settings: Settings, host: str, port: int) -> Settings:
     the whole payment flow can be tried. Said loudly: nothing here is a real payment."""
     from billing_gateway.topups import stripe_sim
 
-    sim_port = _free_port(host)
-    sim_url = f"http://{host}:{sim_port}"
+    # On loopback only, whatever --host says: its "Pay" button credits for nothing, so it
+    # must never be reachable from another machine.
+    sim_port = _free_port("127.0.0.1")
+    sim_url = f"http://127.0.0.1:{sim_port}"
     secret = f"whsec_sim_{secrets.token_hex(16)}"
+    webhook_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
     stripe_sim.Running(stripe_sim.StripeSim(
-        sim_url, f"http://{host}:{port}/api/billing/stripe-webhook", secret), host, sim_port)
+        sim_url, f"http://{webhook_host}:{port}/api/billing/stripe-webhook", secret),
+        "127.0.0.1", sim_port)
     print(f"""
 *** TEST MODE: no STRIPE_SECRET_KEY, so Stripe is simulated by stripe-sim at {sim_url}.
 *** Checkout "payments" there are not real. Set STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET
