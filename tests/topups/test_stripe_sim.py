@@ -20,6 +20,7 @@ from werkzeug.serving import make_server
 from billing_gateway import cli, create_app
 from billing_gateway.platform.config import Settings
 from billing_gateway.topups import reconcile, stripe_sim
+from tests.plugins.servers import free_port
 from tests.plugins.service import TokenFactory
 from tests.plugins.webhooks import balance
 
@@ -35,18 +36,9 @@ class Flow:
     settings: Settings
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def flow(settings: Settings) -> Iterator[Flow]:
-    gateway_port, sim_port = _free_port(), _free_port()
+    gateway_port, sim_port = free_port(), free_port()
     gateway = f"http://127.0.0.1:{gateway_port}"
     sim_url = f"http://127.0.0.1:{sim_port}"
     sim = stripe_sim.Running(stripe_sim.StripeSim(
