@@ -21,7 +21,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.scratch import bench_settings, percentile, scratch_database
+from bench.scratch import bench_settings, finish_seed, percentile, scratch_database
 from billing_gateway import create_app
 from billing_gateway.ledger.invariants import find_violations
 from billing_gateway.platform.auth import issue_token
@@ -51,16 +51,7 @@ def seed(conn: psycopg.Connection, org: uuid.UUID, n: int) -> None:
     """Write n ledger rows for org directly in SQL (as the owner), with consistent counters."""
     conn.execute("INSERT INTO organizations (id) VALUES (%s)", (org,))
     conn.execute(SEED, {"org": org, "n": n})
-    conn.execute("""
-        UPDATE organizations o SET transaction_count = t.n, sms_balance = t.total
-          FROM (SELECT count(*) AS n, sum(amount) AS total FROM billing_transactions
-                 WHERE org_id = %(org)s) t
-         WHERE o.id = %(org)s""", {"org": org})
-    conn.execute("""
-        INSERT INTO billing_transaction_counts (org_id, type, n)
-        SELECT org_id, type, count(*) FROM billing_transactions WHERE org_id = %s
-         GROUP BY org_id, type""", (org,))
-    conn.execute("VACUUM ANALYZE billing_transactions")
+    finish_seed(conn, org)
 
 
 def main() -> int:

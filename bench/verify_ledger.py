@@ -18,7 +18,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.scratch import scratch_database
+from bench.scratch import finish_seed, scratch_database
 from billing_gateway import cli
 
 SEED = """
@@ -53,13 +53,7 @@ def main() -> int:
         with psycopg.connect(dsn, autocommit=True) as owner:
             owner.execute("SET session_replication_role = replica")  # no FK checks on seed
             owner.execute(SEED, {"orgs": args.orgs, "per_org": per_org})
-            owner.execute("""
-                INSERT INTO organizations (id, sms_balance, transaction_count)
-                SELECT org_id, sum(amount), count(*) FROM billing_transactions GROUP BY org_id""")
-            owner.execute("""
-                INSERT INTO billing_transaction_counts (org_id, type, n)
-                SELECT org_id, type, count(*) FROM billing_transactions GROUP BY org_id, type""")
-            owner.execute("VACUUM ANALYZE")
+            finish_seed(owner)
             version = owner.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
         print(f"PostgreSQL {version}: seeded {args.orgs * per_org:,} transactions over "
               f"{args.orgs:,} orgs in {time.perf_counter() - started:.1f} s")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import uuid
 
 from flask import Flask, Response, g, request
@@ -11,8 +10,8 @@ from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from billing_gateway import ledger, platform, topups, usage
-from billing_gateway.platform import auth, db, rate_limits
+from billing_gateway import ledger, notifications, platform, portal, topups, usage
+from billing_gateway.platform import auth, db, logs, rate_limits
 from billing_gateway.platform.config import Settings, load_settings
 from billing_gateway.platform.errors import handle_http_exception, register_error_handlers
 from billing_gateway.platform.json_codec import DecimalJSONProvider
@@ -77,7 +76,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
         MAX_CONTENT_LENGTH=settings.max_content_length,
         **_openapi_config(settings),
     )
-    logging.getLogger("billing_gateway").setLevel(logging.INFO)
+    logs.configure()
 
     register_error_handlers(app)
     auth.init_app(app, settings)
@@ -88,7 +87,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
 
     api = BillingApi(app)
     # Each domain registers itself; platform first (the others stand on it).
-    for domain in (platform, ledger, usage, topups):
+    for domain in (platform, ledger, usage, topups, notifications, portal):
         domain.init_app(app, api, settings)
     # After every view exists: it exempts the probes and the webhook by endpoint name.
     app.extensions["billing_limiter"] = rate_limits.init_app(app, settings)

@@ -6,7 +6,6 @@ import argparse
 import datetime as dt
 import os
 import secrets
-import socket
 import sys
 import time
 import uuid
@@ -21,6 +20,7 @@ from billing_gateway.platform import embedded
 from billing_gateway.platform.auth import ADMIN, MEMBER, ROLES, issue_token
 from billing_gateway.platform.config import ConfigError, Settings, load_settings, warn_if_dev_secret
 from billing_gateway.platform.errors import BillingError
+from billing_gateway.platform.local_server import LocalServer
 from billing_gateway.platform.migrations import migrate
 from billing_gateway.topups import reconcile
 
@@ -83,6 +83,9 @@ Try:
        -d '{{"amount": 25.00, "orgId": "{org}"}}' {base}/add-funds
   curl -s -H "Authorization: Bearer $MEMBER_TOKEN" {base}/balance
   curl -s -H "Authorization: Bearer $MEMBER_TOKEN" '{base}/transactions?limit=10'
+
+The customer billing page: ask for a one-time link (valid 5 minutes) and open its "url":
+  curl -s -X POST -H "Authorization: Bearer $MEMBER_TOKEN" {base}/portal-sessions
 (tokens are valid for 7 days; `billing-gateway token --org ORG --role ROLE` makes more)
 """, flush=True)
 
@@ -113,6 +116,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             # gthread, answering gunicorn's own refusals (400, 414, 431) as the contract's JSON.
             self.cfg.set("worker_class", "billing_gateway.gunicorn_worker.JsonErrorsWorker")
             self.cfg.set("accesslog", "-")
+            # Portal links carry a token in their path: redacted from every log line.
+            self.cfg.set("logger_class", "billing_gateway.platform.access_log.RedactingLogger")
             self.cfg.set("graceful_timeout", 10)
 
         def load(self) -> Any:
@@ -130,27 +135,21 @@ def _start_stripe_sim(settings: Settings, host: str, port: int) -> Settings:
 
     # On loopback only, whatever --host says: its "Pay" button credits for nothing, so it
     # must never be reachable from another machine.
-    sim_port = _free_port("127.0.0.1")
-    sim_url = f"http://127.0.0.1:{sim_port}"
+    sim = LocalServer("127.0.0.1")
+    sim_url = sim.url
     secret = f"whsec_sim_{secrets.token_hex(16)}"
     webhook_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
-    stripe_sim.Running(stripe_sim.StripeSim(
-        sim_url, f"http://{webhook_host}:{port}/api/billing/stripe-webhook", secret),
-        "127.0.0.1", sim_port)
+    sim.serve(stripe_sim.StripeSim(
+        sim_url, f"http://{webhook_host}:{port}/api/billing/stripe-webhook", secret).app())
     print(f"""
 *** TEST MODE: no STRIPE_SECRET_KEY, so Stripe is simulated by stripe-sim at {sim_url}.
 *** Checkout "payments" there are not real. Set STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET
 *** for Stripe itself.""", flush=True)
     # The key is only a name: stripe-sim checks none.
+    # Its pay pages are where Checkout sends the browser: the billing page's CSP allows them.
     return settings.with_overrides(stripe_secret_key="sk_test_stripe_sim",  # noqa: S106
-                                   stripe_webhook_secrets=(secret,), stripe_api_base=sim_url)
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
+                                   stripe_webhook_secrets=(secret,), stripe_api_base=sim_url,
+                                   checkout_origin=sim_url)
 
 
 def cmd_stripe_sim(args: argparse.Namespace, settings: Settings) -> int:
@@ -165,9 +164,9 @@ def cmd_stripe_sim(args: argparse.Namespace, settings: Settings) -> int:
         print("stripe-sim needs --webhook-secret (the gateway's STRIPE_WEBHOOK_SECRET)",
               file=sys.stderr)
         return 2
-    url = f"http://{args.host}:{args.port}"
-    running = stripe_sim.Running(stripe_sim.StripeSim(
-        url, args.webhook_url, args.webhook_secret), args.host, args.port)
+    running = LocalServer(args.host, args.port)
+    url = running.url
+    running.serve(stripe_sim.StripeSim(url, args.webhook_url, args.webhook_secret).app())
     print(f"stripe-sim on {url} (TEST MODE), webhooks to {args.webhook_url}; Ctrl-C stops it",
           flush=True)
     try:

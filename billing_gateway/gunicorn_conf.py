@@ -31,6 +31,8 @@ graceful_timeout = 10
 timeout = 30
 # No access log by default: at thousands of requests per second it costs a core.
 accesslog = os.environ.get("BILLING_ACCESS_LOG") or None
+# Portal links carry a token in their path: it is redacted from every log line.
+logger_class = "billing_gateway.platform.access_log.RedactingLogger"
 
 # Request limits, set explicitly (these are gunicorn's defaults). Our longest URL
 # (GET /transactions with every filter) is under 300 bytes and a JWT from an identity

@@ -64,6 +64,30 @@ _CHECKS = {
                       GROUP BY org_id, type) t
             ON t.org_id = c.org_id AND t.type = c.type
          WHERE c.n IS DISTINCT FROM t.rows OR c.n IS DISTINCT FROM t.top""",
+    # usage_daily (GET /usage/summary) is the ledger's usage summed per UTC day and
+    # campaign: SMS of the sms_send rows, minus the amounts of sms_send rows and usage
+    # refunds (refund rows with a message_id). A FULL JOIN needs equality conditions
+    # (hash or merge join), so a NULL campaign is matched by (IS NULL, coalesce) pairs.
+    "usage rollup matches the ledger": """
+        SELECT coalesce(r.org_id, t.org_id),
+               format('day %%s campaign %%s: rollup %%s SMS %%s, ledger %%s SMS %%s',
+                      coalesce(r.day, t.day), coalesce(r.campaign_id, t.campaign_id, 'none'),
+                      r.sms_count, r.amount, t.sms_count, t.amount)
+          FROM (SELECT * FROM usage_daily
+                 WHERE %(org)s::uuid IS NULL OR org_id = %(org)s::uuid) r
+          FULL JOIN (SELECT org_id, utc_day(created_at) AS day, campaign_id,
+                            coalesce(sum(sms_count) FILTER (WHERE type = 'sms_send'), 0)
+                                AS sms_count,
+                            -sum(amount) AS amount
+                       FROM billing_transactions
+                      WHERE (type = 'sms_send' OR (type = 'refund' AND message_id IS NOT NULL))
+                        AND (%(org)s::uuid IS NULL OR org_id = %(org)s::uuid)
+                      GROUP BY org_id, utc_day(created_at), campaign_id) t
+            ON t.org_id = r.org_id AND t.day = r.day
+           AND (t.campaign_id IS NULL) = (r.campaign_id IS NULL)
+           AND coalesce(t.campaign_id, '') = coalesce(r.campaign_id, '')
+         WHERE r.sms_count IS DISTINCT FROM t.sms_count
+            OR r.amount IS DISTINCT FROM t.amount""",
     "no negative balance": """
         SELECT id, format('balance %%s', sms_balance) FROM organizations
          WHERE (%(org)s::uuid IS NULL OR id = %(org)s::uuid)

@@ -6,6 +6,7 @@ from marshmallow import Schema, fields, validate
 
 from billing_gateway.ledger.credits import CREDIT_TYPES, TRANSACTION_TYPES
 from billing_gateway.platform.schemas import (
+    DayRangeQuery,
     Money,
     MoneyOut,
     OrgQuery,
@@ -69,6 +70,12 @@ class TransactionsQuery(OrgQuery):
 
     limit = WholeNumber(load_default=50, validate=validate.Range(min=1, max=100))
     offset = WholeNumber(load_default=0, validate=validate.Range(min=0, max=10**12))
+    type = fields.String(validate=validate.OneOf(TRANSACTION_TYPES))
+
+
+class TransactionsCsvQuery(DayRangeQuery):
+    """Which transactions to export: UTC days `from` to `to` (both included), one type."""
+
     type = fields.String(validate=validate.OneOf(TRANSACTION_TYPES))
 
 

@@ -7,12 +7,13 @@ from typing import Any
 
 from flask import Response, current_app
 
-from billing_gateway.ledger import credits, history
+from billing_gateway.ledger import credits, export, history
 from billing_gateway.ledger.schemas import (
     AddFundsRequest,
     AddFundsResponse,
     BalanceQuery,
     BalanceResponse,
+    TransactionsCsvQuery,
     TransactionsPage,
     TransactionsQuery,
 )
@@ -112,3 +113,18 @@ def list_transactions(args: dict[str, Any]) -> dict[str, Any]:
             "has_more": args["offset"] + len(page.transactions) < page.total,
         },
     }
+
+
+@transactions_blp.route("/transactions.csv", methods=["GET"])
+@require_role(MEMBER, ADMIN, SERVICE)
+@transactions_blp.arguments(TransactionsCsvQuery, location="query")
+@transactions_blp.response(200, {"type": "string"}, content_type="text/csv", description=(
+    "Every transaction of the range, oldest first, one CSV row each with the fields of "
+    "GET /transactions and a header row; streamed. Text cells that a spreadsheet would run "
+    "as a formula begin with a single quote."))
+def export_transactions(args: dict[str, Any]) -> Response:
+    """Export the org's transactions as CSV: all of them, or UTC days from/to, one type."""
+    caller = current_caller()
+    org = resolve_org(caller, args.get("org_id"))
+    return export.transactions_csv_response(org, caller.subject, start=args.get("start"),
+                                            end=args.get("end"), type=args.get("type"))

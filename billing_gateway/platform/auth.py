@@ -97,12 +97,14 @@ def resolve_org(caller: Caller, requested: uuid.UUID | None) -> uuid.UUID:
             raise Forbidden("The token names no organization")
         if requested is not None and requested != caller.org_id:
             raise Forbidden("Members may only act on their own organization")
-        return caller.org_id
-    org_id = requested or caller.org_id
+        org_id: uuid.UUID | None = caller.org_id
+    else:
+        org_id = requested or caller.org_id
     if org_id is None:
         raise ValidationFailed(
             "orgId is required", fields={"orgId": ["Required for this role."]}
         )
+    g.org_id = org_id  # the org of this request's log lines (platform/logs.py)
     return org_id
 
 

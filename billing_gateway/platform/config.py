@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 import sys
@@ -9,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from billing_gateway.platform.money import (
     LEDGER_PLACES,
@@ -19,6 +22,7 @@ from billing_gateway.platform.money import (
 )
 
 DEV_SECRET_FILE = "jwt-secret"  # noqa: S105  # a file name, not a secret
+DEV_SESSION_SECRET_FILE = "session-secret"  # noqa: S105  # a file name, not a secret
 MIN_SECRET_LENGTH = 32
 
 
@@ -64,6 +68,17 @@ class Settings:
     stripe_concurrency: int = 2
     # Reverse proxies in front of the service whose X-Forwarded-For is trusted (ProxyFix).
     trusted_proxies: int = 0
+    # The customer page: signs its cookie and CSRF tokens (every process the same).
+    session_secret: str | None = None
+    # Who may frame the page (CSP frame-ancestors): 'none', or the platform's origins.
+    frame_ancestors: str = "'none'"
+    # Where Checkout Sessions send the browser; the page's forms may lead only there.
+    checkout_origin: str = "https://checkout.stripe.com"
+    low_balance_default: Decimal = Decimal("5.00")
+    # A portal link opens a session within this many seconds, once.
+    portal_link_ttl: int = 300
+    # A page session left unused this many seconds has ended.
+    portal_idle_timeout: int = 1800
 
     @property
     def is_production(self) -> bool:
@@ -112,13 +127,13 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
-def dev_jwt_secret(data_dir: Path) -> str:
-    """Return this checkout's development JWT secret, creating it on first use.
+def dev_secret(data_dir: Path, name: str = DEV_SECRET_FILE) -> str:
+    """Return this checkout's development secret (JWT by default), creating it on first use.
 
     It is random per data directory (never a well-known string), so a dev deployment
     that escapes to a network cannot be forged from public knowledge.
     """
-    path = data_dir / DEV_SECRET_FILE
+    path = data_dir / name
     if path.exists():
         return path.read_text().strip()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -126,6 +141,56 @@ def dev_jwt_secret(data_dir: Path) -> str:
     path.write_text(value + "\n")
     path.chmod(0o600)
     return value
+
+
+def derived_session_secret(jwt_secret: str | None) -> str:
+    """A signing key for the page derived from the HS256 JWT secret (HMAC with a label)."""
+    if not jwt_secret:
+        raise ConfigError("BILLING_SESSION_SECRET is not set and there is no JWT secret to "
+                          "derive one from")
+    return hmac.new(jwt_secret.encode(), b"billing-gateway portal session",
+                    hashlib.sha256).hexdigest()
+
+
+def _session_secret(env: Mapping[str, str], environment: str, data_dir: Path,
+                    jwt_secret: str | None) -> str:
+    """The page's signing secret: BILLING_SESSION_SECRET, else one derived from the HS256
+    JWT secret (a separate key, so neither signature can stand in for the other), else a
+    development file; required in production when neither is set."""
+    secret = env.get("BILLING_SESSION_SECRET")
+    if secret:
+        if len(secret) < MIN_SECRET_LENGTH and environment == "production":
+            raise ConfigError(
+                f"BILLING_SESSION_SECRET must be at least {MIN_SECRET_LENGTH} characters")
+        return secret
+    if jwt_secret:
+        return derived_session_secret(jwt_secret)
+    if environment == "production":
+        raise ConfigError("BILLING_SESSION_SECRET is required when BILLING_ENV=production "
+                          "and the JWT is not HS256")
+    return dev_secret(data_dir, DEV_SESSION_SECRET_FILE)
+
+
+def _frame_ancestors(env: Mapping[str, str]) -> str:
+    """BILLING_FRAME_ANCESTORS: 'none', 'self' or space-separated https origins."""
+    raw = env.get("BILLING_FRAME_ANCESTORS", "'none'").strip() or "'none'"
+    for source in raw.split():
+        if source in ("'none'", "'self'"):
+            continue
+        parsed = urlsplit(source)
+        if parsed.scheme not in ("https", "http") or not parsed.netloc or parsed.path not in (
+                "", "/") or parsed.query or parsed.fragment or ";" in source or "," in source:
+            raise ConfigError(f"BILLING_FRAME_ANCESTORS: {source!r} is not an origin "
+                              "(https://dashboard.example.com), 'self' or 'none'")
+    return raw
+
+
+def _origin(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name, default).strip()
+    parsed = urlsplit(raw)
+    if parsed.scheme not in ("https", "http") or not parsed.netloc:
+        raise ConfigError(f"{name}={raw!r} is not an origin (https://host[:port])")
+    return f"{parsed.scheme}://{parsed.netloc}"
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -146,7 +211,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         if not secret:
             if environment == "production":
                 raise ConfigError("BILLING_JWT_SECRET is required when BILLING_ENV=production")
-            secret = dev_jwt_secret(data_dir)
+            secret = dev_secret(data_dir)
             secret_is_dev = True
         elif len(secret) < MIN_SECRET_LENGTH and environment == "production":
             raise ConfigError(f"BILLING_JWT_SECRET must be at least {MIN_SECRET_LENGTH} characters")
@@ -196,6 +261,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         stripe_max_retries=_int(env, "STRIPE_MAX_RETRIES", 1, minimum=0),
         stripe_concurrency=_int(env, "BILLING_STRIPE_CONCURRENCY", 2),
         trusted_proxies=_int(env, "BILLING_TRUSTED_PROXIES", 0, minimum=0),
+        session_secret=_session_secret(env, environment, data_dir, secret),
+        frame_ancestors=_frame_ancestors(env),
+        checkout_origin=_origin(env, "BILLING_CHECKOUT_ORIGIN", "https://checkout.stripe.com"),
+        low_balance_default=_decimal(env, "BILLING_LOW_BALANCE_DEFAULT", "5.00"),
+        portal_link_ttl=_int(env, "BILLING_PORTAL_LINK_TTL", 300, minimum=30),
+        portal_idle_timeout=_int(env, "BILLING_PORTAL_IDLE_TIMEOUT", 1800, minimum=60),
     )
 
 

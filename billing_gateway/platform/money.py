@@ -109,6 +109,11 @@ def format_number(amount: Decimal) -> str:
     return f"{to_number(amount):f}"
 
 
+def currency_symbol(currency: str) -> str:
+    """The currency's symbol ("$"), or "" when it is shown by its code."""
+    return _SYMBOLS.get(currency.lower(), "")
+
+
 def format_display(amount: Decimal, currency: str) -> str:
     """Return a display string in whole minor units: "$52.88", "¥5200", "12.345 KWD".
 

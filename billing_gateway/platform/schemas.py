@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from decimal import Decimal
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from billing_gateway.platform import money, text
 
@@ -69,6 +70,23 @@ class UtcDateTime(fields.DateTime):
         return str(value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"))
 
 
+class UtcDate(fields.Date):
+    """A day as YYYY-MM-DD in ASCII digits, read as a UTC day (fromisoformat also takes
+    "20240101" and week dates, which no caller of ours means)."""
+
+    _TEXT = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(metadata={"pattern": self._TEXT, "example": "2026-01-31",
+                                   **kwargs.pop("metadata", {})}, **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dt.date:
+        if not isinstance(value, str) or not re.fullmatch(self._TEXT, value, re.ASCII):
+            raise ValidationError("Not a valid date: YYYY-MM-DD.")
+        result: dt.date = super()._deserialize(value, attr, data, **kwargs)
+        return result
+
+
 def _storable(value: str) -> None:
     problem = text.storage_problem(value)
     if problem:
@@ -90,6 +108,19 @@ class OrgQuery(Schema):
     """Which org to read; admins and the SMS sender name it, members need not."""
 
     org_id = fields.UUID(data_key="orgId", metadata={"description": "Admin and service only."})
+
+
+class DayRangeQuery(OrgQuery):
+    """Which org, and a range of UTC days: `from` and `to` both included."""
+
+    start = UtcDate(data_key="from", metadata={"description": "First UTC day (included)."})
+    end = UtcDate(data_key="to", metadata={"description": "Last UTC day (included)."})
+
+    @validates_schema
+    def _start_not_after_end(self, data: dict[str, Any], **kwargs: Any) -> None:
+        start, end = data.get("start"), data.get("end")
+        if start is not None and end is not None and start > end:
+            raise ValidationError("Must not be after `to`.", "from")
 
 
 class ErrorDetail(Schema):

@@ -10,6 +10,7 @@ retry with the same Idempotency-Key, or `billing-gateway reconcile`, settles
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import threading
 import uuid
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from typing import Any
 
 import psycopg
 
+from billing_gateway.platform.db import require_tenant
 from billing_gateway.platform.errors import IdempotencyConflict, ServiceUnavailable
 
 # A pending request older than this is no longer in flight anywhere: a Stripe call lasts
@@ -133,3 +135,42 @@ def pending_requests(conn: psycopg.Connection) -> list[tuple[TopUpRequest, dt.da
         "SELECT org_id, amount, currency, created_by, stripe_idempotency_key, updated_at"
         " FROM checkout_requests WHERE status = 'pending' ORDER BY updated_at").fetchall()
     return [(TopUpRequest(*row[:5]), row[5]) for row in rows]
+
+
+class PaymentState(enum.StrEnum):
+    """What became of a Checkout Session, as the customer coming back from it sees it."""
+
+    PROCESSING = "processing"  # paid or being paid; the webhook has not credited it yet
+    CREDITED = "credited"
+    FAILED = "failed"  # expired or the payment failed: nothing was taken
+    UNKNOWN = "unknown"  # not a session of this org
+
+
+@dataclass(frozen=True)
+class CheckoutOutcome:
+    """A session's state and, once credited, the credit."""
+
+    state: PaymentState
+    amount: Decimal | None = None
+
+
+def outcome(conn: psycopg.Connection, org_id: uuid.UUID, session_id: str) -> CheckoutOutcome:
+    """Tell what became of one of the org's Checkout Sessions (in its tenant transaction).
+
+    Credited means the purchase row for the session's PaymentIntent exists: the credit is
+    keyed on the PaymentIntent, whichever of Stripe's events arrived first.
+    """
+    require_tenant(org_id)
+    row = conn.execute(
+        "SELECT s.status, t.amount FROM checkout_sessions s"
+        " LEFT JOIN billing_transactions t ON t.org_id = s.org_id AND t.type = 'purchase'"
+        "  AND t.payment_intent_id = s.payment_intent_id"
+        " WHERE s.id = %s AND s.org_id = %s", (session_id, org_id)).fetchone()
+    if row is None:
+        return CheckoutOutcome(PaymentState.UNKNOWN)
+    status, credit = row
+    if credit is not None:
+        return CheckoutOutcome(PaymentState.CREDITED, credit)
+    if status in ("expired", "payment_failed"):
+        return CheckoutOutcome(PaymentState.FAILED)
+    return CheckoutOutcome(PaymentState.PROCESSING)

@@ -27,7 +27,6 @@ from urllib.parse import parse_qsl
 
 import requests
 from flask import Flask, Response, abort, redirect, request
-from werkzeug.serving import BaseWSGIServer, make_server
 
 from billing_gateway.platform import money
 
@@ -245,19 +244,4 @@ button{{font-size:1.1rem;padding:.6rem 1.4rem;margin-right:.5rem}}</style></head
 <button id="pay" type="submit">Pay</button></form>
 <form method="post" action="/pay/{html.escape(session['id'])}/cancel" style="display:inline">
 <button id="cancel" type="submit">Cancel</button></form></body></html>"""
-
-
-class Running:
-    """stripe-sim served on a local port in a background thread."""
-
-    def __init__(self, sim: StripeSim, host: str, port: int) -> None:
-        self.server: BaseWSGIServer = make_server(host, port, sim.app(), threaded=True)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True,
-                                       name="stripe-sim")
-        self.thread.start()
-
-    def stop(self) -> None:
-        """Stop serving."""
-        self.server.shutdown()
-        self.thread.join(5)
 

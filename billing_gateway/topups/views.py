@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
-import uuid
 from typing import Any
 
-import stripe
 from flask import Response, current_app, request
 
 from billing_gateway.ledger.writes import ledger_write, stored_answer
-from billing_gateway.platform import money, rate_limits
+from billing_gateway.platform import rate_limits
 from billing_gateway.platform.auth import ADMIN, MEMBER, current_caller, require_role, resolve_org
-from billing_gateway.platform.config import Settings
-from billing_gateway.platform.db import get_db, release_db, stripe_transaction, tenant_transaction
-from billing_gateway.platform.errors import PaymentProviderError, ValidationFailed
+from billing_gateway.platform.db import get_db, stripe_transaction
+from billing_gateway.platform.errors import ValidationFailed
 from billing_gateway.platform.http import blueprint
-from billing_gateway.topups import checkout, payments, stripe_client, webhook_events
+from billing_gateway.topups import checkout, payments, start, webhook_events
 from billing_gateway.topups.schemas import (
     CheckoutRequest,
     CheckoutResponse,
@@ -26,15 +22,6 @@ from billing_gateway.topups.schemas import (
 
 blp = blueprint("stripe", "Top-ups through Stripe Checkout, and Stripe's webhook.")
 _CHECKOUT = CheckoutResponse()
-
-
-def _stripe_idempotency_key(caller: str, org: uuid.UUID, key: str | None) -> str:
-    """The key for Stripe's API: the caller's Idempotency-Key (scoped to caller and org, so
-    two callers' keys never meet in our Stripe account), else a fresh one per request."""
-    if key is None:
-        return f"{stripe_client.SOURCE}-checkout-{uuid.uuid4()}"
-    digest = hashlib.sha256(f"{caller}\0{org}\0{key}".encode()).hexdigest()[:40]
-    return f"{stripe_client.SOURCE}-checkout-{digest}"
 
 
 @blp.route("/create-checkout", methods=["POST"])
@@ -52,40 +39,15 @@ def create_checkout(args: dict[str, Any]) -> Response:
     (billing_gateway.topups.checkout): a slow Stripe delays top-ups, never charges.
     """
     settings = current_app.config["BILLING_SETTINGS"]
-    amount = args["amount"]
-    if not settings.min_topup <= amount <= settings.max_topup:
-        raise ValidationFailed("Top-up amount out of bounds", fields={"amount": [
-            f"Must be between {money.format_number(settings.min_topup)} and "
-            f"{money.format_number(settings.max_topup)}."]})
-    try:
-        money.to_minor_units(amount, settings.currency)
-    except money.AmountError as exc:
-        raise ValidationFailed("Top-up amount invalid", fields={"amount": [str(exc)]}) from exc
+    start.check_amount(settings, args["amount"])
     caller = current_caller()
     org = resolve_org(caller, args.get("org_id"))
-    client = _stripe_client(settings)  # 503 before any work when unconfigured
     topup = checkout.TopUpRequest(
-        org, amount, settings.currency, caller.subject,
-        _stripe_idempotency_key(caller.subject, org, request.headers.get("Idempotency-Key")))
-    slots: checkout.StripeSlots = current_app.extensions["billing_stripe_slots"]
-    with slots.try_hold() as held:
-        with tenant_transaction(get_db(), org, caller.subject) as conn:
-            replay = stored_answer(conn, org)  # a stored answer needs no slot
-            if replay is not None:
-                return replay
-            if not held:
-                raise slots.busy()
-            checkout.record_request(conn, topup)
-        release_db()
-        try:
-            session = stripe_client.create_checkout_session(
-                client, settings, org, amount, topup.stripe_idempotency_key)
-        except stripe_client.StripeOutcomeUnknown:
-            raise  # Stripe may have made the session: pending, for a retry or reconcile
-        except PaymentProviderError as exc:
-            with tenant_transaction(get_db(), org, caller.subject) as conn:
-                checkout.record_failure(conn, topup, exc.message)
-            raise
+        org, args["amount"], settings.currency, caller.subject,
+        start.stripe_idempotency_key(caller.subject, org, request.headers.get("Idempotency-Key")))
+    session = start.create_session(settings, topup, replay=lambda conn: stored_answer(conn, org))
+    if isinstance(session, Response):
+        return session
     # Claims the key with the answer; a retry that stored its answer first is replayed.
     with ledger_write(org) as write:
         if write.replay is not None:
@@ -93,15 +55,6 @@ def create_checkout(args: dict[str, Any]) -> Response:
         checkout.record_session(write.conn, topup, session)
         return write.respond(201, _CHECKOUT.dump(
             {"session_id": session["id"], "url": session["url"]}))
-
-
-def _stripe_client(settings: Settings) -> stripe.StripeClient:
-    """This app's StripeClient, built once: it keeps its HTTP connections to Stripe."""
-    client: stripe.StripeClient | None = current_app.extensions.get("billing_stripe_client")
-    if client is None:
-        client = stripe_client.make_client(settings)
-        current_app.extensions["billing_stripe_client"] = client
-    return client
 
 
 @blp.route("/stripe-webhook", methods=["POST"])

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow import Schema, ValidationError, fields, post_load, validate
 
 from billing_gateway.ledger.schemas import LedgerWriteResponse
 from billing_gateway.platform import money
-from billing_gateway.platform.schemas import Money, MoneyOut, text_field
-from billing_gateway.usage import items
+from billing_gateway.platform.schemas import DayRangeQuery, Money, MoneyOut, text_field
+from billing_gateway.usage import items, summary
 
 
 class DeductRequest(Schema):
@@ -133,3 +134,50 @@ class PricingResponse(Schema):
     sms_price = MoneyOut(data_key="smsPrice", required=True, metadata={
         "description": "The price charged per SMS when a charge names none."})
     source = fields.String(required=True, validate=validate.OneOf(("org", "default")))
+
+
+class UsageSummaryQuery(DayRangeQuery):
+    """The range and grouping of a usage summary; the range defaults to the last 30 UTC days."""
+
+    group_by = fields.String(data_key="groupBy", load_default=summary.GroupBy.DAY,
+                             validate=validate.OneOf([g.value for g in summary.GroupBy]))
+
+    @post_load
+    def _range(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        try:
+            data["start"], data["end"] = summary.day_range(
+                data.get("start"), data.get("end"), today=dt.datetime.now(dt.UTC).date())
+        except summary.RangeTooLong as exc:
+            raise ValidationError(str(exc), "to") from exc
+        except summary.RangeReversed as exc:
+            raise ValidationError(str(exc), "from") from exc
+        return data
+
+
+class UsageItem(Schema):
+    """The usage of one UTC day (groupBy=day) or one campaign (groupBy=campaign)."""
+
+    date = fields.Date(metadata={"description": "groupBy=day: the UTC day."})
+    campaign_id = fields.String(data_key="campaignId", allow_none=True, metadata={
+        "description": "groupBy=campaign: the campaign; null for usage without one."})
+    sms_count = fields.Integer(data_key="smsCount", required=True)
+    amount = MoneyOut(required=True, metadata={
+        "description": "Charged net of usage refunds, exact."})
+
+
+class UsageTotal(Schema):
+    """The usage of the whole range."""
+
+    sms_count = fields.Integer(data_key="smsCount", required=True)
+    amount = MoneyOut(required=True)
+
+
+class UsageSummaryResponse(Schema):
+    """An org's usage over a range of UTC days."""
+
+    currency = fields.String(required=True, metadata={"example": "usd"})
+    group_by = fields.String(data_key="groupBy", required=True)
+    start = fields.Date(data_key="from", required=True)
+    end = fields.Date(data_key="to", required=True)
+    items = fields.List(fields.Nested(UsageItem), required=True)
+    total = fields.Nested(UsageTotal, required=True)

@@ -13,11 +13,18 @@ from flask import Response, current_app, request
 from billing_gateway.ledger.schemas import LedgerWriteResponse
 from billing_gateway.ledger.writes import LedgerWrite, ledger_write
 from billing_gateway.platform import money
-from billing_gateway.platform.auth import ADMIN, SERVICE, current_caller, require_role
+from billing_gateway.platform.auth import (
+    ADMIN,
+    MEMBER,
+    SERVICE,
+    current_caller,
+    require_role,
+    resolve_org,
+)
 from billing_gateway.platform.db import get_db, tenant_transaction
 from billing_gateway.platform.errors import InsufficientFunds, NotFound, ValidationFailed
 from billing_gateway.platform.http import blueprint
-from billing_gateway.usage import charges, pricing
+from billing_gateway.usage import charges, pricing, summary
 from billing_gateway.usage.charges import ChargeOutcome, RefundOutcome
 from billing_gateway.usage.items import Charge, InvalidCharge
 from billing_gateway.usage.schemas import (
@@ -28,6 +35,8 @@ from billing_gateway.usage.schemas import (
     PricingRequest,
     PricingResponse,
     UsageRefundRequest,
+    UsageSummaryQuery,
+    UsageSummaryResponse,
 )
 
 usage_blp = blueprint("usage", "SMS usage charged to an organization's balance.")
@@ -147,6 +156,25 @@ def refund_usage(args: dict[str, Any]) -> Response:
                 "The refund is larger than the charge",
                 fields={"amount": ["Must not exceed the amount charged for this message."]})
         return write.created(result, _REFUND_RESPONSE)
+
+
+@usage_blp.route("/usage/summary", methods=["GET"])
+@require_role(MEMBER, ADMIN, SERVICE)
+@usage_blp.arguments(UsageSummaryQuery, location="query")
+@usage_blp.response(200, UsageSummaryResponse)
+def summarize_usage(args: dict[str, Any]) -> dict[str, Any]:
+    """Sum the org's SMS usage per UTC day or per campaign, net of usage refunds.
+
+    `from` and `to` are UTC days, both included (default: the last 30 days, today
+    included; at most 366 days). By day, every day of the range is an item, zeros included.
+    """
+    caller = current_caller()
+    org = resolve_org(caller, args.get("org_id"))
+    with tenant_transaction(get_db(), org, caller.subject) as conn:
+        usage = summary.usage_summary(conn, org, start=args["start"], end=args["end"],
+                                      group_by=args["group_by"])
+    return {"currency": current_app.config["BILLING_SETTINGS"].currency,
+            "group_by": args["group_by"], "start": args["start"], "end": args["end"], **usage}
 
 
 pricing_blp = blueprint("pricing", "Per-organization SMS prices.")

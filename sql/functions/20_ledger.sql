@@ -189,3 +189,20 @@ CREATE POLICY idempotency_keys_caller ON idempotency_keys
     USING (caller = billing_current_caller())
     WITH CHECK (caller = billing_current_caller()
                 AND org_id IS NOT DISTINCT FROM billing_current_org());
+
+-- An amount as GET /transactions shows it (billing_gateway.platform.money.to_number): 2
+-- decimals, or the sub-cent digits it has (-0.0075, 0.015), exact; for the CSV export,
+-- which PostgreSQL renders as text rather than Python, a row at a time.
+CREATE OR REPLACE FUNCTION money_text(p_amount numeric) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT
+    AS $$ SELECT CASE WHEN p_amount = round(p_amount, 2) THEN round(p_amount, 2)::text
+                      ELSE trim_scale(p_amount)::text END $$;
+
+-- A timestamp as GET /transactions shows it (Python's isoformat in UTC, with a Z):
+-- microseconds only when there are some.
+CREATE OR REPLACE FUNCTION utc_text(p_at timestamptz) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT
+    AS $$ SELECT to_char(p_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+                 || CASE WHEN extract(microseconds FROM p_at)::bigint % 1000000 <> 0
+                         THEN to_char(p_at AT TIME ZONE 'UTC', '.US') ELSE '' END
+                 || 'Z' $$;

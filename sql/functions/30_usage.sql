@@ -18,6 +18,32 @@ CREATE OR REPLACE FUNCTION message_transaction_id(p_type text, p_org_id uuid, p_
     LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT
     AS $$ SELECT md5(p_type || '/' || p_org_id::text || '/' || p_message_id)::uuid $$;
 
+-- The UTC day of a ledger row: the day usage_daily and GET /usage/summary count it on.
+-- AT TIME ZONE 'UTC' turns the timestamptz into UTC wall-clock time, whatever the
+-- session's TimeZone. https://www.postgresql.org/docs/current/functions-datetime.html#FUNCTIONS-DATETIME-ZONECONVERT
+CREATE OR REPLACE FUNCTION utc_day(p_at timestamptz) RETURNS date
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT
+    AS $$ SELECT (p_at AT TIME ZONE 'UTC')::date $$;
+
+-- Add a charge (or, with no SMS and a negative amount, a usage refund) to the org's usage
+-- of today. Called under the org's row lock, after the ledger row is appended: the row's
+-- created_at defaults to now(), the start of the transaction, which stays the same for
+-- the whole transaction, so the row and its usage fall on the same day.
+-- plpgsql, not sql: PL/pgSQL keeps the INSERT's plan for the session, where an SQL function
+-- that cannot be inlined (an INSERT cannot) is planned again on every call before
+-- PostgreSQL 18. https://www.postgresql.org/docs/current/plpgsql-implementation.html#PLPGSQL-PLAN-CACHING
+CREATE OR REPLACE FUNCTION record_usage(
+    p_org_id uuid, p_campaign_id text, p_sms_count bigint, p_amount numeric
+) RETURNS void
+    LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO usage_daily AS u (org_id, day, campaign_id, sms_count, amount)
+    VALUES (p_org_id, utc_day(now()), p_campaign_id, p_sms_count, p_amount)
+    ON CONFLICT ON CONSTRAINT usage_daily_key DO UPDATE
+        SET sms_count = u.sms_count + excluded.sms_count, amount = u.amount + excluded.amount;
+END
+$$;
+
 -- A single charge of an amount, keyed on the derived id like bulk charges.
 CREATE OR REPLACE FUNCTION charge_sms(
     p_org_id uuid, p_amount numeric, p_sms_count integer DEFAULT NULL,
@@ -46,6 +72,7 @@ BEGIN
     v_row := append_ledger_row(coalesce(v_id, gen_random_uuid()), v_org, 'sms_send', -p_amount,
                                p_sms_count, p_cost_per_sms, NULL, NULL, p_message_id,
                                p_campaign_id, p_description, p_metadata, p_created_by);
+    PERFORM record_usage(p_org_id, p_campaign_id, coalesce(p_sms_count, 0), p_amount);
     -- The words of every charge, single or bulk: charged, duplicate, insufficient_funds.
     RETURN (v_row.transaction_id, v_row.balance, 'charged'::text);
 END
@@ -259,6 +286,17 @@ BEGIN
               FROM unnest(w_org, w_type_seq) AS w(org, type_seq)
              GROUP BY org
             ON CONFLICT (org_id, type) DO UPDATE SET n = excluded.n;
+        -- Today's usage of each (org, campaign) of the batch, one row each: ON CONFLICT DO
+        -- UPDATE may not touch a row twice in one statement, hence the GROUP BY (which
+        -- groups NULL campaigns together, as usage_daily_key does).
+        INSERT INTO usage_daily AS u (org_id, day, campaign_id, sms_count, amount)
+            SELECT w.org, utc_day(now()), p_campaign_ids[w.pos], sum(p_sms_counts[w.pos]),
+                   sum(w.amount)
+              FROM unnest(w_org, w_pos, w_amount) AS w(org, pos, amount)
+             GROUP BY w.org, p_campaign_ids[w.pos]
+            ON CONFLICT ON CONSTRAINT usage_daily_key DO UPDATE
+                SET sms_count = u.sms_count + excluded.sms_count,
+                    amount = u.amount + excluded.amount;
     END IF;
 
     -- A repeat answers as its first occurrence did: the same charge (as a duplicate), or
@@ -293,6 +331,7 @@ DECLARE
     v_prior billing_transactions;
     v_id uuid := message_transaction_id('refund', p_org_id, p_message_id);
     v_amount numeric;
+    v_row ledger_result;
 BEGIN
     IF p_amount IS NOT NULL THEN
         PERFORM require_amount(p_amount, 'refund');
@@ -311,9 +350,12 @@ BEGIN
     IF v_amount > -v_charge.amount THEN
         RETURN (NULL::uuid, v_org.sms_balance, 'exceeds_charge'::text);
     END IF;
-    RETURN append_ledger_row(v_id, v_org, 'refund', v_amount, v_charge.sms_count,
-                             v_charge.cost_per_sms, NULL, NULL, p_message_id,
-                             v_charge.campaign_id, p_description, p_metadata, p_created_by);
+    v_row := append_ledger_row(v_id, v_org, 'refund', v_amount, v_charge.sms_count,
+                               v_charge.cost_per_sms, NULL, NULL, p_message_id,
+                               v_charge.campaign_id, p_description, p_metadata, p_created_by);
+    -- Netted on the refund's own day, in the charge's campaign; the SMS stay counted.
+    PERFORM record_usage(p_org_id, v_charge.campaign_id, 0, -v_amount);
+    RETURN v_row;
 END
 $$;
 
@@ -377,4 +419,47 @@ CREATE OR REPLACE FUNCTION api_deduct(
     LANGUAGE sql AS $$
     SELECT * FROM api_charge(p_org_id, p_caller, p_sms_count, p_cost_per_sms, p_default_price,
                              p_message_id, p_campaign_id, p_description)
+$$;
+
+-- usage_daily belongs to its org, as the ledger's tables do (sql/functions/20_ledger.sql);
+-- a bulk charge writes it for every org of its tenant set.
+DROP POLICY IF EXISTS usage_daily_tenant ON usage_daily;
+CREATE POLICY usage_daily_tenant ON usage_daily
+    USING (org_id = billing_current_org()) WITH CHECK (org_id = billing_current_org());
+
+DROP POLICY IF EXISTS usage_daily_tenant_set ON usage_daily;
+CREATE POLICY usage_daily_tenant_set ON usage_daily
+    USING ((SELECT billing_current_org_set()) ? org_id::text)
+    WITH CHECK ((SELECT billing_current_org_set()) ? org_id::text);
+
+-- Once, after sql/008_usage_daily.sql: sum the ledger written before usage_daily existed
+-- into it, in this file's transaction, so that no charge falls between the backfill and
+-- the functions above, which keep usage_daily from then on. The migrating role owns the
+-- tables, and FORCE binds even the owner to the policies (it would read no row at all):
+-- NO FORCE lets it read and write every org for this transaction only (ALTER TABLE is
+-- transactional like the rest). ALTER TABLE takes the ACCESS EXCLUSIVE lock, which waits
+-- for the charges in flight and holds the ledger's readers and writers until the commit;
+-- re-creating a table's policies takes the same lock on every re-application anyway.
+-- https://www.postgresql.org/docs/current/ddl-rowsecurity.html
+-- https://www.postgresql.org/docs/current/explicit-locking.html#LOCKING-TABLES
+DO $$
+BEGIN
+    IF to_regclass('usage_daily_backfill_pending') IS NULL THEN
+        RETURN;
+    END IF;
+    LOCK TABLE billing_transactions, usage_daily IN ACCESS EXCLUSIVE MODE;
+    ALTER TABLE billing_transactions NO FORCE ROW LEVEL SECURITY;
+    ALTER TABLE usage_daily NO FORCE ROW LEVEL SECURITY;
+    INSERT INTO usage_daily AS u (org_id, day, campaign_id, sms_count, amount)
+        SELECT org_id, utc_day(created_at), campaign_id,
+               coalesce(sum(sms_count) FILTER (WHERE type = 'sms_send'), 0), -sum(amount)
+          FROM billing_transactions
+         WHERE type = 'sms_send' OR (type = 'refund' AND message_id IS NOT NULL)
+         GROUP BY org_id, utc_day(created_at), campaign_id
+        ON CONFLICT ON CONSTRAINT usage_daily_key DO UPDATE
+            SET sms_count = u.sms_count + excluded.sms_count, amount = u.amount + excluded.amount;
+    ALTER TABLE billing_transactions FORCE ROW LEVEL SECURITY;
+    ALTER TABLE usage_daily FORCE ROW LEVEL SECURITY;
+    DROP TABLE usage_daily_backfill_pending;
+END
 $$;

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import time
 import uuid
 from decimal import Decimal
@@ -96,5 +98,46 @@ def test_serve_without_stripe_keys_pays_through_stripe_sim(tmp_path: Path) -> No
         assert paid.headers["Location"].startswith(f"{served.base}/billing?success=true")
         balance = call_json(f"{served.base}/api/billing/balance", member)
         assert balance["balance"] == Decimal("25.00")
+    finally:
+        assert served.ctrl_c() == 0
+
+
+def test_serve_runs_the_billing_page_end_to_end_and_logs_no_link(tmp_path: Path) -> None:
+    """From a portal link to credits added, over HTTP, on `serve` with stripe-sim; the link's
+    token never reaches the log (gunicorn's access log is on under serve)."""
+    served = Served(tmp_path / "data", free_port())
+    try:
+        link = call_json(f"{served.base}/api/billing/portal-sessions",
+                         served.token("MEMBER_TOKEN"), {})["url"]
+        token = link.rsplit("/", 1)[1]
+        browser = requests.Session()
+        page = browser.get(link, timeout=10)
+        assert page.url == f"{served.base}/billing" and "TEST MODE" in page.text
+        form = {name: re.search(rf'name="{name}" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+                for name in ("csrf_token", "attempt")}
+        to_stripe = browser.post(f"{served.base}/billing/add-funds",
+                                 data={**form, "quick": "25.00"}, allow_redirects=False,
+                                 timeout=10)
+        assert to_stripe.status_code == 303
+        # Browsers check a form's redirect against form-action: stripe-sim's page must be in it.
+        sim = to_stripe.headers["Location"].split("/pay/")[0]
+        assert f"form-action 'self' {sim}" in page.headers["Content-Security-Policy"]
+        paid = requests.post(f"{to_stripe.headers['Location']}/pay", allow_redirects=False,
+                             timeout=10)
+        back = browser.get(paid.headers["Location"], timeout=10)
+        assert 'data-state="credited"' in back.text and "$25.00" in back.text
+        assert re.search(r'id="balance"[^>]*>\$25\.00<', back.text)
+        log = served.log.read_text()
+        assert token not in log
+        # Every log line is JSON (the banner and the quickstart are printed, not logged), and
+        # none holds a credential; the access lines name each request by its id.
+        logged = [line for line in log.splitlines() if line.startswith("{")]
+        records = [json.loads(line) for line in logged]
+        access = [r for r in records if r["message"] == "request"]
+        opened = [r for r in access if r["path"] == "/billing/portal/[redacted]"]
+        assert len(opened) == 1 and opened[0]["status"] == 303 and opened[0]["request_id"]
+        assert any(r["path"] == "/billing/add-funds" and r["status"] == 303 for r in access)
+        for secret in (served.token("MEMBER_TOKEN"), served.token("ADMIN_TOKEN"), "whsec_"):
+            assert secret not in "\n".join(logged)
     finally:
         assert served.ctrl_c() == 0

@@ -17,6 +17,8 @@ ALLOWED = {
     "ledger": {"platform"},
     "usage": {"platform", "ledger"},
     "topups": {"platform", "ledger"},
+    "notifications": {"platform", "ledger"},
+    "portal": {"platform", "ledger", "usage", "topups", "notifications"},
 }
 
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
 
+from billing_gateway.ledger.invariants import find_violations
 from billing_gateway.platform.migrations import (
     BEFORE_LAYOUT,
     migrate,
@@ -120,7 +122,8 @@ def test_the_files_before_the_layout_and_since_are_the_ones_recorded() -> None:
     assert {p.stem: hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(BEFORE.glob("*.sql"))} == {
         version: before for version, (before, _) in BEFORE_LAYOUT.items()}
-    assert {m.version: m.checksum for m in pending_files()} == {
+    # Migrations added after the layout change (007 on) have no "before" to accept.
+    assert {m.version: m.checksum for m in pending_files() if m.version in BEFORE_LAYOUT} == {
         version: since for version, (_, since) in BEFORE_LAYOUT.items()}
 
 
@@ -180,7 +183,9 @@ def test_a_database_of_the_old_layout_migrates_unchanged(database_before_layout:
                      (orgs[0],))
         before = _snapshot(conn)
         applied = migrate(database_before_layout)
-        assert applied == [m.version for m in repeatable_files()]
+        # The layout's files are recorded as applied; only migrations written since run.
+        assert applied == [m.version for m in pending_files() if m.version not in BEFORE_LAYOUT
+                           ] + [m.version for m in repeatable_files()]
         assert _snapshot(conn) == before
         recorded = dict(conn.execute("SELECT version, checksum FROM schema_migrations"))
         assert {m.version: recorded[m.version] for m in pending_files()} == {
@@ -198,3 +203,38 @@ def test_a_database_of_the_old_layout_migrates_unchanged(database_before_layout:
         assert _snapshot(conn) == before
         assert migrate(database_before_layout) == []
     assert sql_dir().is_dir()
+
+
+def test_usage_before_the_rollup_is_summed_into_it_with_no_charge_lost(
+        database_before_layout: str, tmp_path: Path) -> None:
+    """008 makes usage_daily; the charge functions of the release before keep charging until
+    sql/functions/ is applied, and the backfill there, in the same transaction as the new
+    functions, counts their charges too."""
+    org = uuid.uuid4()
+    for migration in pending_files():  # the numbered files alone: no sql/functions/
+        (tmp_path / migration.path.name).write_bytes(migration.path.read_bytes())
+    with psycopg.connect(database_before_layout, autocommit=True) as conn:
+        with conn.transaction():
+            conn.execute("SELECT set_config('billing.org_id', %s, true)", (str(org),))
+            conn.execute("SELECT add_credits(%s, 10, 'bonus')", (org,))
+            conn.execute("SELECT deduct_credits(%s, 0.0150, 2, 0.0075, 'before', 'c1')", (org,))
+        assert "008_usage_daily" in migrate(database_before_layout, tmp_path)
+        with conn.transaction():  # an old process, between 008 and the new functions
+            conn.execute("SELECT set_config('billing.org_id', %s, true)", (str(org),))
+            conn.execute("SELECT deduct_credits(%s, 0.0075, 1, 0.0075, 'between', 'c1')", (org,))
+            conn.execute("SELECT deduct_credits(%s, 0.0075, 1, 0.0075, 'none')", (org,))
+            conn.execute("SELECT refund_usage(%s, 'before', 0.0075)", (org,))
+        assert conn.execute("SELECT count(*) FROM usage_daily").fetchone() == (0,)
+        migrate(database_before_layout)
+        rows = conn.execute("SELECT campaign_id, sms_count, amount FROM usage_daily"
+                            " WHERE org_id = %s ORDER BY campaign_id", (org,)).fetchall()
+        assert rows == [("c1", 3, Decimal("0.0150")), (None, 1, Decimal("0.0075"))]
+        assert conn.execute("SELECT to_regclass('usage_daily_backfill_pending')").fetchone() \
+            == (None,)
+        assert find_violations(conn) == []
+        # From now on the new functions keep it.
+        with conn.transaction():
+            conn.execute("SELECT set_config('billing.org_id', %s, true)", (str(org),))
+            conn.execute("SELECT charge_sms(%s, 0.0075, 1, 0.0075, 'after', 'c1')", (org,))
+        assert find_violations(conn) == []
+        assert migrate(database_before_layout) == []

@@ -18,7 +18,10 @@ from tests.plugins.service import TokenFactory
 # Routes anyone may call: probes, the API description, and Stripe's webhook (which
 # proves itself with its signature instead of a token).
 PUBLIC = {"/healthz", "/readyz", "/openapi.json", "/api/billing/stripe-webhook",
-          "/static/<path:filename>"}
+          "/static/<path:filename>",
+          # The billing page's stylesheet and script, and its one-time links (the token in
+          # the path is the credential; an unknown one is a 404 page, tested in tests/portal).
+          "/billing/static/<path:filename>", "/billing/portal/<token>"}
 
 
 def _routes(app: Flask) -> list[tuple[str, str]]:

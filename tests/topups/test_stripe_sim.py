@@ -6,7 +6,6 @@ production."""
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,12 +14,11 @@ from decimal import Decimal
 import psycopg
 import pytest
 import requests
-from werkzeug.serving import make_server
 
 from billing_gateway import cli, create_app
 from billing_gateway.platform.config import Settings
+from billing_gateway.platform.local_server import LocalServer
 from billing_gateway.topups import reconcile, stripe_sim
-from tests.plugins.servers import free_port
 from tests.plugins.service import TokenFactory
 from tests.plugins.webhooks import balance
 
@@ -38,22 +36,17 @@ class Flow:
 
 @pytest.fixture
 def flow(settings: Settings) -> Iterator[Flow]:
-    gateway_port, sim_port = free_port(), free_port()
-    gateway = f"http://127.0.0.1:{gateway_port}"
-    sim_url = f"http://127.0.0.1:{sim_port}"
-    sim = stripe_sim.Running(stripe_sim.StripeSim(
-        sim_url, f"{gateway}/api/billing/stripe-webhook", SIM_SECRET), "127.0.0.1", sim_port)
-    served = settings.with_overrides(stripe_api_base=sim_url, stripe_webhook_secrets=(SIM_SECRET,),
-                                     public_url=gateway)
+    gateway, sim = LocalServer(), LocalServer()
+    sim.serve(stripe_sim.StripeSim(
+        sim.url, f"{gateway.url}/api/billing/stripe-webhook", SIM_SECRET).app())
+    served = settings.with_overrides(stripe_api_base=sim.url, stripe_webhook_secrets=(SIM_SECRET,),
+                                     public_url=gateway.url)
     app = create_app(served)
-    server = make_server("127.0.0.1", gateway_port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    gateway.serve(app)
     try:
-        yield Flow(gateway, sim_url, served)
+        yield Flow(gateway.url, sim.url, served)
     finally:
-        server.shutdown()
-        thread.join(5)
+        gateway.stop()
         sim.stop()
         app.extensions["billing_pool"].close()
 

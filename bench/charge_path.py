@@ -1,0 +1,83 @@
+"""What a charge costs in the database alone: pgbench of POST /deduct's one statement
+(api_charge, hot org and spread over 1,000 orgs, 16 clients), and charge_sms_bulk with
+1,000 charges per call (one client), on a fresh scratch database.
+
+Run it in two checkouts to compare two versions of sql/ (the scripts' own parent folder
+supplies billing_gateway and sql/):
+
+    python bench/charge_path.py --seconds 10
+    DATABASE_URL=postgresql://... python bench/charge_path.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.run import SPREAD_ORGS, org_uuid, run_pgbench
+from bench.scratch import percentile, scratch_database
+
+BULK = """SELECT count(*) FILTER (WHERE outcome = 'charged') FROM charge_sms_bulk(
+    %(orgs)s::uuid[], %(counts)s::integer[], %(costs)s::numeric[], 0.0075,
+    %(messages)s::text[], %(campaigns)s::text[], %(descriptions)s::text[], 'bench')"""
+
+
+def fund(dsn: str) -> None:
+    """Fund the hot org and the 1,000 spread orgs (the orgs of bench/run.py)."""
+    with psycopg.connect(dsn, autocommit=True) as owner, owner.transaction():
+        for n in range(SPREAD_ORGS + 1):
+            owner.execute("SELECT set_config('billing.org_id', %s, true)", (org_uuid(n),))
+            owner.execute("SELECT add_credits(%s, 100000000, 'bonus')", (org_uuid(n),))
+
+
+def bulk(dsn: str, calls: int) -> list[float]:
+    """Seconds per charge_sms_bulk call of 1,000 charges over the 1,000 orgs, as billing_app."""
+    orgs = [uuid.UUID(org_uuid(1 + i)) for i in range(1000)]
+    times = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET ROLE billing_app")
+        org_set = "{" + ",".join(f'"{org}":1' for org in orgs) + "}"
+        for call in range(calls):
+            params = {"orgs": orgs, "counts": [1] * 1000, "costs": [None] * 1000,
+                      "messages": [f"bulk-{call}-{i}" for i in range(1000)],
+                      "campaigns": [f"campaign-{i % 10}" for i in range(1000)],
+                      "descriptions": ["Sent 1 SMS"] * 1000}
+            t0 = time.perf_counter()
+            with conn.transaction():
+                conn.execute("SELECT set_config('billing.org_set', %s, true)", (org_set,))
+                charged = conn.execute(BULK, params).fetchone()
+            times.append(time.perf_counter() - t0)
+            assert charged == (1000,), charged
+    return times
+
+
+def main() -> int:
+    """Fund, charge, print."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10, help="per pgbench row")
+    parser.add_argument("--bulk-calls", type=int, default=40)
+    args = parser.parse_args()
+    with scratch_database() as dsn, tempfile.TemporaryDirectory() as tmp:
+        fund(dsn)
+        print(f"{'measurement':<44}{'per s':>10}{'p50 ms':>9}{'p99 ms':>9}")
+        for spread in (False, True):
+            result = run_pgbench(dsn, args.seconds, spread=spread, workdir=Path(tmp))
+            print(f"{result.name:<44}{result.throughput:>10,.0f}{result.p50_ms:>9.2f}"
+                  f"{result.p99_ms:>9.2f}")
+        times = bulk(dsn, args.bulk_calls)
+        print(f"{'charge_sms_bulk, 1,000 charges per call':<44}"
+              f"{1000 * len(times) / sum(times):>10,.0f}{percentile(times, 50) * 1000:>9.2f}"
+              f"{percentile(times, 99) * 1000:>9.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Start a Checkout top-up for a request: the steps POST /create-checkout and the billing
+page share (bounds, the Stripe slot, recording before and after, no transaction held while
+Stripe is waited on: billing_gateway.topups.checkout)."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import stripe
+from flask import Response, current_app
+
+from billing_gateway.platform import money
+from billing_gateway.platform.config import Settings
+from billing_gateway.platform.db import get_db, release_db, tenant_transaction
+from billing_gateway.platform.errors import PaymentProviderError, ValidationFailed
+from billing_gateway.topups import checkout, stripe_client
+
+
+def check_amount(settings: Settings, amount: Decimal) -> None:
+    """Refuse a top-up amount outside BILLING_MIN_TOPUP..BILLING_MAX_TOPUP or not in cents."""
+    if not settings.min_topup <= amount <= settings.max_topup:
+        raise ValidationFailed("Top-up amount out of bounds", fields={"amount": [
+            f"Must be between {money.format_number(settings.min_topup)} and "
+            f"{money.format_number(settings.max_topup)}."]})
+    try:
+        money.to_minor_units(amount, settings.currency)
+    except money.AmountError as exc:
+        raise ValidationFailed("Top-up amount invalid", fields={"amount": [str(exc)]}) from exc
+
+
+def stripe_idempotency_key(caller: str, org: uuid.UUID, key: str | None) -> str:
+    """The key for Stripe's API: the caller's own key (scoped to caller and org, so two
+    callers' keys never meet in our Stripe account), else a fresh one per request."""
+    if key is None:
+        return f"{stripe_client.SOURCE}-checkout-{uuid.uuid4()}"
+    digest = hashlib.sha256(f"{caller}\0{org}\0{key}".encode()).hexdigest()[:40]
+    return f"{stripe_client.SOURCE}-checkout-{digest}"
+
+
+def app_stripe_client(settings: Settings) -> stripe.StripeClient:
+    """This app's StripeClient, built once: it keeps its HTTP connections to Stripe."""
+    client: stripe.StripeClient | None = current_app.extensions.get("billing_stripe_client")
+    if client is None:
+        client = stripe_client.make_client(settings)
+        current_app.extensions["billing_stripe_client"] = client
+    return client
+
+
+def create_session(
+    settings: Settings,
+    topup: checkout.TopUpRequest,
+    *,
+    replay: Callable[[psycopg.Connection], Response | None] | None = None,
+) -> dict[str, Any] | Response:
+    """Record the request, ask Stripe for the session and return it (or `replay`'s stored
+    answer); the caller records the session (checkout.record_session)."""
+    client = app_stripe_client(settings)  # 503 before any work when unconfigured
+    slots: checkout.StripeSlots = current_app.extensions["billing_stripe_slots"]
+    with slots.try_hold() as held:
+        with tenant_transaction(get_db(), topup.org_id, topup.created_by) as conn:
+            answer = replay(conn) if replay is not None else None  # needs no slot
+            if answer is not None:
+                return answer
+            if not held:
+                raise slots.busy()
+            checkout.record_request(conn, topup)
+        release_db()
+        try:
+            return stripe_client.create_checkout_session(
+                client, settings, topup.org_id, topup.amount, topup.stripe_idempotency_key)
+        except stripe_client.StripeOutcomeUnknown:
+            raise  # Stripe may have made the session: pending, for a retry or reconcile
+        except PaymentProviderError as exc:
+            with tenant_transaction(get_db(), topup.org_id, topup.created_by) as conn:
+                checkout.record_failure(conn, topup, exc.message)
+            raise
