@@ -81,7 +81,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     register_error_handlers(app)
     auth.init_app(app, settings)
     db.init_app(app, dsn, min_size=settings.pool_min_size, max_size=settings.pool_max_size,
-                timeout=settings.pool_timeout)
+                timeout=settings.pool_timeout, low_balance_default=settings.low_balance_default)
     app.before_request(_assign_request_id)
     app.after_request(_echo_request_id)
 

@@ -43,3 +43,6 @@ def set_alert_settings(conn: psycopg.Connection, org_id: UUID, *,
         "  low_balance_threshold = EXCLUDED.low_balance_threshold,"
         "  emails = EXCLUDED.emails, updated_by = EXCLUDED.updated_by, updated_at = now()",
         (org_id, threshold, emails, updated_by))
+    # The copy the threshold trigger reads under the row lock (sql/010_outbox.sql).
+    conn.execute("UPDATE organizations SET alert_threshold = %s WHERE id = %s",
+                 (threshold, org_id))

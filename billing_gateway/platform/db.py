@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from decimal import Decimal
 from time import monotonic
 from uuid import UUID
 
@@ -63,13 +65,19 @@ class BillingPool(ConnectionPool[psycopg.Connection]):
         raise PoolTimeout(f"couldn't get a connection after {wait:.2f} sec")
 
 
-def as_app_role(conn: psycopg.Connection) -> None:
-    """Drop to the RLS-bound role for the connection's whole life (the pool's, reconcile's)."""
+def as_app_role(conn: psycopg.Connection, low_balance_default: Decimal | None = None) -> None:
+    """Drop to the RLS-bound role for the connection's whole life (the pool's, reconcile's),
+    and tell its balance changes the deployment's low-balance threshold (low_balance_default()
+    in SQL, read by the threshold trigger of sql/functions/60_notifications.sql)."""
     conn.execute(f"SET ROLE {APP_ROLE}")
+    if low_balance_default is not None:
+        conn.execute("SELECT set_config('billing.low_balance_default', %s, false)",
+                     (str(low_balance_default),))
 
 
 def make_pool(
-    dsn: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 5.0
+    dsn: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 5.0,
+    low_balance_default: Decimal | None = None,
 ) -> BillingPool:
     """Build a pool whose connections run as the app role, in autocommit.
 
@@ -82,7 +90,7 @@ def make_pool(
         max_size=max_size,
         timeout=timeout,
         kwargs={"autocommit": True},
-        configure=as_app_role,
+        configure=functools.partial(as_app_role, low_balance_default=low_balance_default),
         # A failed attempt is retried once, then abandoned; waiting requests start the
         # next one (BillingPool.getconn), so attempts stay RECONNECT_INTERVAL apart.
         reconnect_timeout=RECONNECT_INTERVAL,
@@ -164,6 +172,17 @@ def stripe_transaction(conn: psycopg.Connection) -> Iterator[psycopg.Connection]
         yield conn
 
 
+@contextmanager
+def notifications_transaction(conn: psycopg.Connection,
+                              caller: str = "notifications") -> Iterator[psycopg.Connection]:
+    """Run a transaction in the 'notifications' scope: the outbox, webhook endpoints and
+    deliveries (the worker, the admin API); no org's ledger."""
+    with conn.transaction(), _tenants(()):
+        conn.execute("SELECT set_config('billing.scope', 'notifications', true),"
+                     " set_config('billing.caller', %s, true)", (caller,))
+        yield conn
+
+
 def enter_org(conn: psycopg.Connection, org_id: UUID) -> None:
     """Scope the rest of the current transaction's ledger work to one org (inside a scope
     such as stripe_transaction, whose end undoes it)."""
@@ -207,9 +226,10 @@ def _return_connection(_exc: BaseException | None) -> None:
     release_db()
 
 
-def init_app(app: Flask, dsn: str, *, min_size: int, max_size: int, timeout: float) -> None:
+def init_app(app: Flask, dsn: str, *, min_size: int, max_size: int, timeout: float,
+             low_balance_default: Decimal | None = None) -> None:
     """Attach a (closed) pool to the app and return connections at request teardown."""
     app.extensions["billing_pool"] = make_pool(
-        dsn, min_size=min_size, max_size=max_size, timeout=timeout
-    )
+        dsn, min_size=min_size, max_size=max_size, timeout=timeout,
+        low_balance_default=low_balance_default)
     app.teardown_appcontext(_return_connection)

@@ -142,7 +142,9 @@ def settle(conn: psycopg.Connection, payment: Payment) -> str | None:
         (payment.org_id, owed, payment.payment_intent_id,
          "Stripe refund or lost dispute", CREATED_BY,
          credits.jsonb({"refunded_minor": payment.refunded_minor,
-                       "disputed_minor": payment.disputed_minor})),
+                       "disputed_minor": payment.disputed_minor,
+                       # topup.reversed's reason (sql/functions/40_topups.sql)
+                       "reason": "dispute" if payment.disputed_minor > 0 else "refund"})),
     ).fetchone()
     assert row is not None
     shortfall = owed - row[1]

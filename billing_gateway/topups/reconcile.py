@@ -53,7 +53,7 @@ def run(settings: Settings, dsn: str, since: dt.timedelta,
     report = Report()
     created_after = int(time.time() - since.total_seconds())
     with psycopg.connect(dsn, autocommit=True) as conn:
-        as_app_role(conn)
+        as_app_role(conn, settings.low_balance_default)
         intents = client.v1.payment_intents.list({"created": {"gte": created_after},
                                                   "limit": 100})
         for intent in intents.auto_paging_iter():

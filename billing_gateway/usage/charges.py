@@ -158,3 +158,11 @@ def refund_usage(
     ).fetchone()
     assert row is not None
     return RefundResult(row[0], row[1], RefundOutcome(row[2]))
+
+
+def note_refused(conn: psycopg.Connection, org_id: UUID) -> None:
+    """Record that a charge of the org was refused for want of funds (balance.depleted,
+    once per episode: sql/functions/60_notifications.sql)."""
+    require_tenant(org_id)
+    conn.execute("SELECT lock_organization(%s)", (org_id,))
+    conn.execute("SELECT note_refused_charges(ARRAY[%s]::uuid[])", (org_id,))

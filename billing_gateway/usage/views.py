@@ -75,10 +75,17 @@ def charge_messages(args: dict[str, Any]) -> Response:
         # The hot path: one statement on the autocommit connection (api_charge).
         return LedgerWrite(conn=get_db(), caller=caller, key=None).created(
             charge(get_db()), _RESPONSE)
-    with ledger_write(org) as write:
-        if write.replay is not None:
-            return write.replay
-        return write.created(charge(write.conn), _RESPONSE)
+    try:
+        with ledger_write(org) as write:
+            if write.replay is not None:
+                return write.replay
+            return write.created(charge(write.conn), _RESPONSE)
+    except InsufficientFunds:
+        # The refusal rolled back to free the key, and with it the refusal's
+        # balance.depleted: decided again, under the org's lock, in a transaction of its own.
+        with tenant_transaction(get_db(), org, caller) as conn:
+            charges.note_refused(conn, org)
+        raise
 
 
 def _bulk_result(index: int, item: Charge | InvalidCharge,

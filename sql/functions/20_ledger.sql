@@ -84,6 +84,12 @@ BEGIN
             END IF;
             RETURN (v_prior.id, v_prior.balance_after, 'duplicate'::text);
         END IF;
+        -- A paid top-up; written before the row so it comes before any balance.recovered
+        -- the credit causes.
+        PERFORM write_money_event(p_org_id, 'topup.succeeded', v_org.transaction_count + 1,
+            jsonb_build_object('balance', money_json(v_org.sms_balance + p_amount),
+                               'amount', money_json(p_amount),
+                               'paymentIntentId', p_payment_intent_id));
     END IF;
     RETURN append_ledger_row(v_org, p_type, p_amount, NULL, NULL, p_payment_method,
                              p_payment_intent_id, NULL, NULL, p_description, p_metadata,

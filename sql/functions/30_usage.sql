@@ -67,6 +67,7 @@ BEGIN
         END IF;
     END IF;
     IF v_org.sms_balance < p_amount THEN
+        PERFORM note_refused_charges(ARRAY[p_org_id]);
         RETURN (NULL::uuid, v_org.sms_balance, 'insufficient_funds'::text);
     END IF;
     v_row := append_ledger_row(coalesce(v_id, gen_random_uuid()), v_org, 'sms_send', -p_amount,
@@ -110,6 +111,8 @@ DECLARE
     -- every item's answer; a_first: for a repeat within the batch, its first occurrence
     a_pos integer[] := '{}'; a_id uuid[] := '{}'; a_balance numeric[] := '{}';
     a_outcome text[] := '{}'; a_first integer[] := '{}';
+    -- the orgs with a charge refused for want of funds (balance.depleted)
+    r_org uuid[] := '{}';
     -- the loop's running state of one org
     v_org uuid; v_balance numeric; v_seq bigint; v_type_seq bigint; v_id uuid;
 BEGIN
@@ -244,6 +247,9 @@ BEGIN
                 a_balance := a_balance || v_balance;
                 a_outcome := a_outcome || CASE WHEN d_candidate[i] THEN 'insufficient_funds'
                                                ELSE 'too_large' END;
+                IF d_candidate[i] THEN
+                    r_org := r_org || v_org;
+                END IF;
             ELSE
                 v_id := message_transaction_id('sms_send', v_org, p_message_ids[d_pos[i]]);
                 v_seq := v_seq + 1;
@@ -297,6 +303,12 @@ BEGIN
             ON CONFLICT ON CONSTRAINT usage_daily_key DO UPDATE
                 SET sms_count = u.sms_count + excluded.sms_count,
                     amount = u.amount + excluded.amount;
+    END IF;
+
+    -- After the balances moved, so an org that fell below its threshold in this batch has
+    -- its balance.low before the balance.depleted of its refusal.
+    IF cardinality(r_org) > 0 THEN
+        PERFORM note_refused_charges(r_org);
     END IF;
 
     -- A repeat answers as its first occurrence did: the same charge (as a duplicate), or

@@ -23,6 +23,12 @@ BEGIN
     IF v_taken <= 0 THEN
         RETURN (NULL::uuid, v_org.sms_balance, 0::numeric);
     END IF;
+    -- Before the row, so it comes before any balance.low or balance.depleted it causes.
+    PERFORM write_money_event(p_org_id, 'topup.reversed', v_org.transaction_count + 1,
+        jsonb_build_object('balance', money_json(v_org.sms_balance - v_taken),
+                           'amount', money_json(v_taken), 'requested', money_json(p_amount),
+                           'paymentIntentId', p_payment_intent_id,
+                           'reason', coalesce(p_metadata ->> 'reason', 'refund')));
     v_row := append_ledger_row(
         v_org, 'reversal', -v_taken, NULL, NULL, 'stripe', p_payment_intent_id, NULL, NULL,
         p_description,
