@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import ipaddress
 import socket
 import ssl
@@ -12,14 +11,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from billing_gateway.notifications import receivers
 from billing_gateway.notifications.receivers import (
@@ -31,6 +25,7 @@ from billing_gateway.notifications.receivers import (
     check_receiver_url,
     post,
 )
+from tests.plugins.smtp import TestCertificates, make_certificates
 
 BODY = b'{"type":"balance.low","data":{"balance":"4.50"}}'
 HEADERS = {"webhook-id": "evt_1", "webhook-timestamp": "1790000000",
@@ -149,61 +144,15 @@ def receiver() -> Iterator[Receiver]:
     served.close()
 
 
-@dataclass
-class Certificates:
-    ca_file: Path
-    cert_file: Path
-    key_file: Path
-
-
 @pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> TestCertificates:
     """A certificate authority and a server certificate it signed for "localhost" only."""
-    folder = tmp_path_factory.mktemp("tls")
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "billing-gateway test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - dt.timedelta(hours=1))
-          .not_valid_after(now + dt.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(
-              digital_signature=True, content_commitment=False, key_encipherment=False,
-              data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-              encipher_only=False, decipher_only=False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
-                         critical=False)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-            .issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    paths = Certificates(folder / "ca.pem", folder / "cert.pem", folder / "key.pem")
-    paths.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths.key_file.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    return paths
+    return make_certificates(tmp_path_factory.mktemp("tls"), ("localhost",))
 
 
 @pytest.fixture
-def tls_receiver(certificates: Certificates) -> Iterator[Receiver]:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(certificates.cert_file, certificates.key_file)
-    served = Receiver(tls=context)
+def tls_receiver(certificates: TestCertificates) -> Iterator[Receiver]:
+    served = Receiver(tls=certificates.server_context())
     yield served
     served.close()
 
@@ -277,7 +226,7 @@ def test_unresolvable_host_fails_without_private_addresses_allowed() -> None:
 # ---- TLS through the checked connections ----
 
 def test_tls_delivers_when_the_certificate_names_the_host(tls_receiver: Receiver,
-                                                          certificates: Certificates) -> None:
+                                                          certificates: TestCertificates) -> None:
     answer = receivers._deliver(tls_receiver.url("/ok", host="localhost", scheme="https"),
                                 BODY, HEADERS, timeout=5, allow_private=True,
                                 ca_bundle=str(certificates.ca_file))
@@ -285,7 +234,7 @@ def test_tls_delivers_when_the_certificate_names_the_host(tls_receiver: Receiver
 
 
 def test_tls_refuses_a_certificate_for_another_host(tls_receiver: Receiver,
-                                                    certificates: Certificates) -> None:
+                                                    certificates: TestCertificates) -> None:
     # The certificate names "localhost" only: hostname verification is still urllib3's.
     with pytest.raises(DeliveryFailed, match=r"TLS .*(mismatch|not valid for)"):
         receivers._deliver(tls_receiver.url("/ok", scheme="https"), BODY, HEADERS, timeout=5,
