@@ -186,7 +186,11 @@ class _Attempt:
     def watch(self, sock: socket.socket) -> None:
         """Let the deadline end reads and writes on this connection."""
         with self.lock:
-            self.sockets.append(sock.dup())
+            duplicate = sock.dup()
+            self.sockets.append(duplicate)
+            if self.expired:
+                # Connected just as the deadline passed: cut it now, the watchdog has gone.
+                duplicate.shutdown(socket.SHUT_RDWR)
 
     def expire(self) -> None:
         """Cut every connection of this attempt (the deadline has passed)."""
