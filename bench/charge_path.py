@@ -6,6 +6,7 @@ Run it in two checkouts to compare two versions of sql/ (the scripts' own parent
 supplies billing_gateway and sql/):
 
     python bench/charge_path.py --seconds 10
+    python bench/charge_path.py --events compare   # the outbox trigger on and off, same run
     DATABASE_URL=postgresql://... python bench/charge_path.py
 """
 
@@ -59,23 +60,47 @@ def bulk(dsn: str, calls: int) -> list[float]:
     return times
 
 
+def set_events(dsn: str, on: bool) -> None:
+    """Turn the threshold trigger (the outbox's only cost on a charge) on or off."""
+    with psycopg.connect(dsn, autocommit=True) as owner:
+        owner.execute("ALTER TABLE organizations {} TRIGGER organizations_balance_events"
+                      .format("ENABLE" if on else "DISABLE"))
+
+
+def measure(dsn: str, seconds: float, bulk_calls: int, workdir: Path, label: str) -> None:
+    """Print the hot, spread and bulk rows."""
+    for spread in (False, True):
+        result = run_pgbench(dsn, seconds, spread=spread, workdir=workdir)
+        print(f"{label}{result.name:<44}{result.throughput:>10,.0f}{result.p50_ms:>9.2f}"
+              f"{result.p99_ms:>9.2f}", flush=True)
+    times = bulk(dsn, bulk_calls)
+    print(f"{label}{'charge_sms_bulk, 1,000 charges per call':<44}"
+          f"{1000 * len(times) / sum(times):>10,.0f}{percentile(times, 50) * 1000:>9.2f}"
+          f"{percentile(times, 99) * 1000:>9.2f}", flush=True)
+
+
 def main() -> int:
     """Fund, charge, print."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10, help="per pgbench row")
     parser.add_argument("--bulk-calls", type=int, default=40)
+    parser.add_argument("--events", choices=["on", "compare"], default="on",
+                        help="compare: alternate rounds with the outbox trigger on and off")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of each, with compare")
     args = parser.parse_args()
     with scratch_database() as dsn, tempfile.TemporaryDirectory() as tmp:
         fund(dsn)
-        print(f"{'measurement':<44}{'per s':>10}{'p50 ms':>9}{'p99 ms':>9}")
-        for spread in (False, True):
-            result = run_pgbench(dsn, args.seconds, spread=spread, workdir=Path(tmp))
-            print(f"{result.name:<44}{result.throughput:>10,.0f}{result.p50_ms:>9.2f}"
-                  f"{result.p99_ms:>9.2f}")
-        times = bulk(dsn, args.bulk_calls)
-        print(f"{'charge_sms_bulk, 1,000 charges per call':<44}"
-              f"{1000 * len(times) / sum(times):>10,.0f}{percentile(times, 50) * 1000:>9.2f}"
-              f"{percentile(times, 99) * 1000:>9.2f}")
+        if args.events == "on":
+            print(f"{'measurement':<44}{'per s':>10}{'p50 ms':>9}{'p99 ms':>9}")
+            measure(dsn, args.seconds, args.bulk_calls, Path(tmp), "")
+            return 0
+        print(f"{'events':<8}{'measurement':<44}{'per s':>10}{'p50 ms':>9}{'p99 ms':>9}")
+        for _ in range(args.rounds):
+            for on in (True, False):
+                set_events(dsn, on)
+                measure(dsn, args.seconds, args.bulk_calls, Path(tmp),
+                        f"{'on' if on else 'off':<8}")
+        set_events(dsn, True)
     return 0
 
 

@@ -6,6 +6,8 @@ import argparse
 import datetime as dt
 import os
 import secrets
+import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -124,7 +126,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             # Called in each worker after the fork: each builds its own app and pool.
             return create_app(settings, database_url=dsn)
 
-    Server().run()
+    worker = _start_worker(dsn) if settings.database_url is None else None
+    try:
+        Server().run()
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(30)
     return 0
 
 
@@ -207,6 +215,36 @@ def cmd_verify_ledger(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """Deliver outbound webhooks and emails until SIGTERM or SIGINT."""
+    from billing_gateway.notifications.worker import Worker, stop_with_parent
+
+    dsn = database_url(settings)
+    worker = Worker(settings, dsn, threads=args.threads)
+
+    def stop(signum: int, _frame: object) -> None:
+        print(f"worker: {signal.Signals(signum).name}, finishing the attempts in hand",
+              flush=True)
+        worker.stop.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if args.parent_pid:
+        stop_with_parent(worker, args.parent_pid)
+    print(f"worker: delivering with {worker.threads} threads", flush=True)
+    worker.run()
+    print("worker: stopped", flush=True)
+    return 0
+
+
+def _start_worker(dsn: str) -> subprocess.Popen[bytes]:
+    """serve on the embedded database: one worker beside the web server, in its own
+    process (not a thread of gunicorn's arbiter, whose forks would share its connections)."""
+    return subprocess.Popen(  # noqa: S603  # our own command, no shell
+        [sys.executable, "-m", "billing_gateway.cli", "worker", "--parent-pid", str(os.getpid())],
+        env={**os.environ, "DATABASE_URL": dsn})
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Describe the commands."""
     parser = argparse.ArgumentParser(prog="billing-gateway", description=__doc__)
@@ -241,6 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--webhook-url", default="http://127.0.0.1:8000/api/billing/stripe-webhook")
     sim.add_argument("--webhook-secret", help="the gateway's STRIPE_WEBHOOK_SECRET")
     sim.set_defaults(func=cmd_stripe_sim)
+
+    worker = sub.add_parser("worker", help="deliver outbound webhooks and alert emails")
+    worker.add_argument("--threads", type=int, default=None,
+                        help="deliveries attempted at once (default BILLING_WORKER_THREADS, 4)")
+    worker.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
+    worker.set_defaults(func=cmd_worker)
 
     token = sub.add_parser("token", help="print a signed JWT for local use")
     token.add_argument("--org", help="organization id (UUID)")

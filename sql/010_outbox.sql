@@ -36,6 +36,11 @@ CREATE TABLE outbox_events (
 );
 CREATE INDEX outbox_events_pending ON outbox_events (seq) WHERE dispatched_at IS NULL;
 CREATE INDEX outbox_events_org ON outbox_events (org_id, seq);
+CREATE INDEX outbox_events_ledger_row ON outbox_events (org_id, ledger_seq);
+
+-- When events began: verify-ledger expects a top-up event for every ledger row after it.
+CREATE TABLE outbox_start (started_at timestamptz NOT NULL);
+INSERT INTO outbox_start VALUES (now());
 
 -- Platform-wide receivers of events (admin API). The secret signs every delivery, so it is
 -- kept, readable only by the notifications scope; the API shows it once, at creation.

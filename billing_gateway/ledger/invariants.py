@@ -148,6 +148,63 @@ _CHECKS = {
                 OR (k.transaction_id IS NOT NULL
                     AND (t.id IS NULL OR t.org_id <> k.org_id
                          OR strpos(k.response_body, k.transaction_id::text) = 0)))""",
+    # The outbox (sql/010_outbox.sql): an event only with the change that caused it, a
+    # top-up event for every top-up and reversal, and threshold events once per crossing.
+    "every money event matches its ledger change": """
+        SELECT e.org_id, format('%%s %%s at seq %%s: %%s', e.type, e.id, e.ledger_seq,
+                  CASE WHEN t.id IS NULL THEN 'no such ledger row'
+                       ELSE format('data %%s, row %%s %%s ending at %%s', e.data, t.type,
+                                   t.amount, t.balance_after) END)
+          FROM outbox_events e
+          LEFT JOIN billing_transactions t ON t.org_id = e.org_id AND t.seq = e.ledger_seq
+         WHERE e.ledger_seq IS NOT NULL AND (%(org)s::uuid IS NULL OR e.org_id = %(org)s::uuid)
+           AND (t.id IS NULL OR (e.data ->> 'balance')::numeric <> t.balance_after
+                OR (e.type = 'topup.succeeded'
+                    AND (t.type <> 'purchase' OR t.amount <> (e.data ->> 'amount')::numeric
+                         OR t.payment_intent_id IS DISTINCT FROM e.data ->> 'paymentIntentId'))
+                OR (e.type = 'topup.reversed'
+                    AND (t.type <> 'reversal' OR -t.amount <> (e.data ->> 'amount')::numeric))
+                OR (e.type = 'balance.low'
+                    AND t.balance_after >= (e.data ->> 'threshold')::numeric)
+                OR (e.type = 'balance.depleted' AND t.balance_after <> 0)
+                OR (e.type = 'balance.recovered'
+                    AND t.balance_after < (e.data ->> 'threshold')::numeric))""",
+    "every top-up and reversal has its event": """
+        SELECT t.org_id, format('%%s at seq %%s (%%s) has no event', t.type, t.seq,
+                                t.payment_intent_id)
+          FROM billing_transactions t
+         WHERE ((t.type = 'purchase' AND t.payment_intent_id IS NOT NULL) OR t.type = 'reversal')
+           AND t.created_at >= coalesce((SELECT min(started_at) FROM outbox_start), '-infinity')
+           AND (%(org)s::uuid IS NULL OR t.org_id = %(org)s::uuid)
+           AND NOT EXISTS (
+               SELECT FROM outbox_events e
+                WHERE e.org_id = t.org_id AND e.ledger_seq = t.seq
+                  AND e.type = CASE t.type WHEN 'purchase' THEN 'topup.succeeded'
+                                           ELSE 'topup.reversed' END)""",
+    "threshold events once per crossing": """
+        SELECT org_id, format('%%s %%s after %%s', type, id, coalesce(prev, 'no event'))
+          FROM (SELECT org_id, id, type,
+                       lag(type) OVER (PARTITION BY org_id ORDER BY seq) AS prev
+                  FROM outbox_events
+                 WHERE type IN ('balance.low', 'balance.depleted', 'balance.recovered')
+                   AND (%(org)s::uuid IS NULL OR org_id = %(org)s::uuid)) e
+         WHERE (type = 'balance.low' AND prev IN ('balance.low', 'balance.depleted'))
+            OR (type = 'balance.depleted' AND prev = 'balance.depleted')
+            OR (type = 'balance.recovered' AND prev IS DISTINCT FROM 'balance.low'
+                AND prev IS DISTINCT FROM 'balance.depleted')""",
+    "alert state matches the last threshold event": """
+        SELECT o.id, format('state %%s, last threshold event %%s', o.alert_state,
+                            coalesce(last.type, 'none'))
+          FROM organizations o
+          LEFT JOIN LATERAL (
+              SELECT type FROM outbox_events e
+               WHERE e.org_id = o.id
+                 AND e.type IN ('balance.low', 'balance.depleted', 'balance.recovered')
+               ORDER BY seq DESC LIMIT 1) last ON true
+         WHERE (%(org)s::uuid IS NULL OR o.id = %(org)s::uuid)
+           AND o.alert_state <> CASE last.type WHEN 'balance.low' THEN 'low'
+                                               WHEN 'balance.depleted' THEN 'depleted'
+                                               ELSE 'ok' END""",
 }
 
 

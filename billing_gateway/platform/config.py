@@ -79,6 +79,13 @@ class Settings:
     portal_link_ttl: int = 300
     # A page session left unused this many seconds has ended.
     portal_idle_timeout: int = 1800
+    # Alert emails: smtp://host:port or smtps://host:port (None: no emails), and their sender.
+    smtp_url: str | None = None
+    email_from: str = "billing@localhost"
+    # Webhook receivers on private or loopback addresses (SSRF): refused unless allowed.
+    webhook_allow_private: bool = False
+    # Deliveries one worker process attempts at once.
+    worker_threads: int = 4
 
     @property
     def is_production(self) -> bool:
@@ -267,7 +274,25 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         low_balance_default=_decimal(env, "BILLING_LOW_BALANCE_DEFAULT", "5.00"),
         portal_link_ttl=_int(env, "BILLING_PORTAL_LINK_TTL", 300, minimum=30),
         portal_idle_timeout=_int(env, "BILLING_PORTAL_IDLE_TIMEOUT", 1800, minimum=60),
+        smtp_url=_smtp_url(env),
+        email_from=env.get("BILLING_EMAIL_FROM", "billing@localhost"),
+        webhook_allow_private=_flag(env, "BILLING_WEBHOOK_ALLOW_PRIVATE"),
+        worker_threads=_int(env, "BILLING_WORKER_THREADS", 4),
     )
+
+
+def _smtp_url(env: Mapping[str, str]) -> str | None:
+    raw = env.get("BILLING_SMTP_URL") or None
+    if raw is not None and not raw.startswith(("smtp://", "smtps://")):
+        raise ConfigError("BILLING_SMTP_URL must be smtp://host:port or smtps://host:port")
+    return raw
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "false").strip().lower()
+    if raw not in ("true", "false", "1", "0"):
+        raise ConfigError(f"{name}={raw!r} must be true or false")
+    return raw in ("true", "1")
 
 
 def warn_if_dev_secret(settings: Settings) -> None:

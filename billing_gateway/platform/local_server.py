@@ -6,13 +6,20 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 
 def _not_ready(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     """What a request gets before `serve` is called: nothing is served yet."""
     start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
     return [b"not serving yet\n"]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access line per request: stripe-sim and test receivers would flood the output."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """Log nothing."""
 
 
 class LocalServer:
@@ -24,7 +31,8 @@ class LocalServer:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.server: BaseWSGIServer = make_server(host, port, _not_ready, threaded=True)
+        self.server: BaseWSGIServer = make_server(host, port, _not_ready, threaded=True,
+                                                   request_handler=_QuietHandler)
         self.url = f"http://{host}:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True,
                                        name=f"local-server-{self.url}")

@@ -25,6 +25,9 @@ CREATE OR REPLACE FUNCTION write_money_event(
 BEGIN
     INSERT INTO outbox_events (org_id, type, ledger_seq, data)
     VALUES (p_org_id, p_type, p_ledger_seq, jsonb_build_object('orgId', p_org_id) || p_data);
+    -- Wakes the workers at commit (and never, on rollback); they poll every second anyway.
+    -- https://www.postgresql.org/docs/current/sql-notify.html
+    PERFORM pg_notify('billing_outbox', '');
 END
 $$;
 
@@ -117,3 +120,8 @@ DROP POLICY IF EXISTS delivery_attempts_notifications ON delivery_attempts;
 CREATE POLICY delivery_attempts_notifications ON delivery_attempts
     USING (billing_current_scope() = 'notifications')
     WITH CHECK (billing_current_scope() = 'notifications');
+
+-- The worker reads who gets an org's billing emails.
+DROP POLICY IF EXISTS org_alerts_notifications ON org_alerts;
+CREATE POLICY org_alerts_notifications ON org_alerts FOR SELECT
+    USING (billing_current_scope() = 'notifications');

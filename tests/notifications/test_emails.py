@@ -19,7 +19,6 @@ from billing_gateway.notifications.emails import (
     parse_smtp_url,
     send_alert_email,
 )
-from tests.plugins import smtp as smtp_plugin
 from tests.plugins.smtp import (
     LocalSmtpServer,
     ReceivedMail,
@@ -29,7 +28,6 @@ from tests.plugins.smtp import (
 )
 
 # The fixture, imported because tests/conftest.py does not list tests.plugins.smtp (yet).
-smtp_server = smtp_plugin.smtp_server
 
 SENDER = "Billing <billing@sms.example.com>"
 RECIPIENTS = ["ana@customer.example", "ops@customer.example"]

@@ -35,6 +35,9 @@ def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Set
         # Off for the shared app (the suite sends thousands of requests as one subject);
         # tests/platform/test_rate_limits.py builds apps with limits on.
         rate_limit="off",
+        # Webhook receivers in tests listen on loopback, which production refuses (SSRF);
+        # tests/notifications/test_webhook_endpoints.py checks the refusal with it off.
+        webhook_allow_private=True,
     )
 
 

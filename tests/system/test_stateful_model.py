@@ -40,6 +40,7 @@ STEPS = int(os.environ.get("BILLING_STATEFUL_STEPS", "30"))
 CENTS = st.integers(min_value=1, max_value=5000)           # top-ups and credits, in cents
 PRICES = st.sampled_from([Decimal("0.0075"), Decimal("0.01"), Decimal("0.25"), Decimal("1")])
 COUNTS = st.integers(min_value=1, max_value=400)
+THRESHOLD = Decimal("5.00")  # BILLING_LOW_BALANCE_DEFAULT: the suite's orgs set none
 
 
 def test_the_service_matches_a_model_of_every_balance(
@@ -60,9 +61,32 @@ def test_the_service_matches_a_model_of_every_balance(
             self.payments: dict[str, dict[str, Any]] = {}    # PaymentIntent -> state
             self.sent: list[Callable[[], None]] = []         # replays of earlier requests
             self.messages = 0
+            # The money events each org must have, in order, and where its episode stands.
+            self.events: dict[uuid.UUID, list[str]] = {org: [] for org in self.orgs}
+            self.alert = {org: "ok" for org in self.orgs}
             checked["runs"] += 1
 
         # -- the model's rules, one per kind of write ----------------------------------
+        def _moved(self, org: uuid.UUID, before: Decimal) -> None:
+            """The threshold events of a balance change (default threshold 5.00)."""
+            after = self.balance[org]
+            if after < before:
+                if self.alert[org] == "ok" and after < THRESHOLD:
+                    self.events[org].append("balance.low")
+                    self.alert[org] = "low"
+                if self.alert[org] != "depleted" and after == 0:
+                    self.events[org].append("balance.depleted")
+                    self.alert[org] = "depleted"
+            elif after > before and self.alert[org] != "ok" and after >= THRESHOLD:
+                self.events[org].append("balance.recovered")
+                self.alert[org] = "ok"
+
+        def _refused(self, org: uuid.UUID) -> None:
+            """A charge refused for want of funds: depleted, once, when below the threshold."""
+            if self.alert[org] != "depleted" and self.balance[org] < THRESHOLD:
+                self.events[org].append("balance.depleted")
+                self.alert[org] = "depleted"
+
         def _charge(self, org: uuid.UUID, message: str, cost: Decimal) -> str:
             if (org, message) in self.charges:
                 return "duplicate"
@@ -76,8 +100,12 @@ def test_the_service_matches_a_model_of_every_balance(
             p = self.payments[intent]
             owed = min(p["credited"], p["refunded"] + p["disputed"]) - p["reversed"]
             if owed > 0:
-                taken = min(self.balance[p["org"]], owed)
+                before = self.balance[p["org"]]
+                taken = min(before, owed)
+                if taken > 0:
+                    self.events[p["org"]].append("topup.reversed")
                 self.balance[p["org"]] -= taken
+                self._moved(p["org"], before)
                 p["reversed"] += owed
 
         # -- rules -------------------------------------------------------------------
@@ -95,7 +123,10 @@ def test_the_service_matches_a_model_of_every_balance(
                 assert deliver(client, evt).status_code == 200
 
             send()
+            before = self.balance[org]
             self.balance[org] += Decimal(cents) / 100
+            self.events[org].append("topup.succeeded")
+            self._moved(org, before)
             self.payments[intent["id"]] = {"org": org, "credited": Decimal(cents) / 100,
                                            "refunded": Decimal(0), "disputed": Decimal(0),
                                            "reversed": Decimal(0)}
@@ -114,7 +145,9 @@ def test_the_service_matches_a_model_of_every_balance(
                 assert response.status_code == 201, response.get_json()
 
             send()
+            before = self.balance[org]
             self.balance[org] += Decimal(cents) / 100
+            self._moved(org, before)
             self.sent.append(send)
 
         @rule(which=st.integers(0, 1), count=COUNTS, price=PRICES)
@@ -126,7 +159,11 @@ def test_the_service_matches_a_model_of_every_balance(
                     "messageId": message}
 
             def send() -> None:
+                before = self.balance[org]
                 expected = self._charge(org, message, count * price)
+                self._moved(org, before)
+                if expected == "insufficient_funds":
+                    self._refused(org)
                 response = client.post("/api/billing/deduct", json=body, headers=service)
                 assert response.status_code == (402 if expected == "insufficient_funds"
                                                 else 201), (expected, response.get_json())
@@ -152,8 +189,15 @@ def test_the_service_matches_a_model_of_every_balance(
                                 for org, message, count, price in charges]}
 
             def send() -> None:
+                before = dict(self.balance)
                 expected = [self._charge(org, message, count * price)
                             for org, message, count, price in charges]
+                # One balance change per org and batch, then its refusals.
+                for org in self.orgs:
+                    self._moved(org, before[org])
+                    if any(o == org and e == "insufficient_funds"
+                           for (o, *_), e in zip(charges, expected, strict=True)):
+                        self._refused(org)
                 response = client.post("/api/billing/deduct/bulk", json=body, headers=service)
                 assert response.status_code == 200
                 got = [r["outcome"] for r in response.get_json()["results"]]
@@ -176,7 +220,9 @@ def test_the_service_matches_a_model_of_every_balance(
                 assert response.status_code == 201
 
             send()
+            before = self.balance[org]
             self.balance[org] += self.charges[(org, message)]
+            self._moved(org, before)
             self.refunded.add((org, message))
             self.sent.append(send)
 
@@ -217,6 +263,9 @@ def test_the_service_matches_a_model_of_every_balance(
             for org in self.orgs:
                 answer = client.get(f"/api/billing/balance?orgId={org}", headers=service)
                 assert answer.get_json()["balance"] == self.balance[org], org
+                written = [kind for (kind,) in owner_conn.execute(
+                    "SELECT type FROM outbox_events WHERE org_id = %s ORDER BY seq", (org,))]
+                assert written == self.events[org], org
             assert find_violations(owner_conn) == []
 
     run_state_machine_as_test(Billing, settings=settings(
