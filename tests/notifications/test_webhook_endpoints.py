@@ -249,3 +249,39 @@ def test_an_event_is_dispatched_once_whoever_dispatches(
     pending = owner_conn.execute(
         "SELECT count(*) FROM outbox_events WHERE dispatched_at IS NULL").fetchone()
     assert pending == (0,)
+
+
+# -- alert emails ----------------------------------------------------------------------------
+
+def test_low_and_depleted_are_emailed_to_the_orgs_billing_contacts(
+        client: FlaskClient, auth: TokenFactory, credit: Any, org: uuid.UUID,
+        smtp_server: Any, worker_conn: psycopg.Connection, settings: Settings) -> None:
+    put = client.put(f"/api/billing/orgs/{org}/alerts", headers=auth("member", org), json={
+        "lowBalanceThreshold": None, "emails": ["billing@customer.example"]})
+    assert put.status_code == 200
+    mailing = settings.with_overrides(smtp_url=smtp_server.url,
+                                      email_from="billing@gateway.example")
+    go_low(client, auth, credit, org)  # 4.00: balance.low
+    assert client.post("/api/billing/deduct", headers=auth("service"), json={
+        "orgId": str(org), "smsCount": 1, "costPerSms": "4.00",
+        "messageId": "to-zero"}).status_code == 201  # 0: balance.depleted
+    assert work(worker_conn, mailing) == "delivered"
+    assert work(worker_conn, mailing) == "delivered"
+    assert work(worker_conn, mailing) is None
+    low, depleted = smtp_server.wait_for(2)
+    assert low.rcpt_tos == ["billing@customer.example"]
+    assert low.mail_from == "billing@gateway.example"
+    assert "$4.00" in low.message["Subject"] and "low" in low.message["Subject"].lower()
+    assert "$0.00" in depleted.message.get_content() or "$0.00" in depleted.message["Subject"]
+
+
+def test_without_an_smtp_url_nothing_is_emailed(
+        client: FlaskClient, auth: TokenFactory, credit: Any, org: uuid.UUID,
+        worker_conn: psycopg.Connection, owner_conn: psycopg.Connection,
+        settings: Settings) -> None:
+    assert settings.smtp_url is None
+    client.put(f"/api/billing/orgs/{org}/alerts", headers=auth("member", org), json={
+        "lowBalanceThreshold": None, "emails": ["billing@customer.example"]})
+    go_low(client, auth, credit, org)
+    assert work(worker_conn, settings) is None
+    assert owner_conn.execute("SELECT count(*) FROM deliveries").fetchone() == (0,)
