@@ -18,8 +18,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from billing_gateway import create_app
 from billing_gateway.platform import metrics
 from billing_gateway.platform.config import Settings
+from tests import stripe_objects as so
 from tests.plugins.servers import free_port
 from tests.plugins.service import TokenFactory
+from tests.plugins.webhooks import deliver
 
 DEDUCT = "/api/billing/deduct"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -87,6 +89,72 @@ def test_paths_matching_no_route_share_one_label(client: Any) -> None:
                  route="unmatched", method="other", status="405") == 1
     assert not any("no-such-thing" in str(labels) or "BREW" in str(labels)
                    for _, labels in after)
+
+
+def test_charges_are_counted_with_their_amounts_by_outcome(
+        client: Any, auth: TokenFactory, credit: Any, org: uuid.UUID) -> None:
+    credit(org, "1.00")
+    message = {"orgId": str(org), "smsCount": 2, "costPerSms": "0.25", "messageId": "m-once"}
+    before = scrape(client)
+    assert client.post(DEDUCT, headers=auth("service"), json=message).status_code == 201
+    assert client.post(DEDUCT, headers=auth("service"), json=message).status_code == 201
+    assert deduct(client, auth, org, 4, "0.50") == 402  # 2.00 asked, 0.50 left
+    after = scrape(client)
+    assert moved(before, after, "billing_charges_total", outcome="charged") == 1
+    assert moved(before, after, "billing_charges_total", outcome="duplicate") == 1
+    assert moved(before, after, "billing_charges_total", outcome="insufficient_funds") == 1
+    # Floats: exact to far below a cent (the ledger holds the exact amounts).
+    assert moved(before, after, "billing_charges_amount_total",
+                 outcome="charged") == pytest.approx(0.50, abs=1e-9)
+    assert moved(before, after, "billing_charges_amount_total",
+                 outcome="insufficient_funds") == pytest.approx(2.00, abs=1e-9)
+    assert moved(before, after, "billing_charges_amount_total", outcome="duplicate") == 0
+
+
+def test_bulk_charges_are_counted_per_item(client: Any, auth: TokenFactory, credit: Any,
+                                           org: uuid.UUID) -> None:
+    credit(org, "1.00")
+    item = {"orgId": str(org), "smsCount": 1, "costPerSms": "0.75"}
+    before = scrape(client)
+    response = client.post(f"{DEDUCT}/bulk", headers=auth("service"), json={"charges": [
+        {**item, "messageId": "b-1"},
+        {**item, "messageId": "b-1"},                       # the same message again
+        {**item, "messageId": "b-2"},                       # 0.25 left: refused
+        {**item, "messageId": "b-3", "smsCount": 0},        # invalid
+    ]})
+    assert response.status_code == 200, response.get_json()
+    after = scrape(client)
+    for outcome in ("charged", "duplicate", "insufficient_funds", "invalid"):
+        assert moved(before, after, "billing_charges_total", outcome=outcome) == 1, outcome
+    assert moved(before, after, "billing_charges_amount_total",
+                 outcome="charged") == pytest.approx(0.75, abs=1e-9)
+    assert moved(before, after, "billing_charges_amount_total",
+                 outcome="insufficient_funds") == pytest.approx(0.75, abs=1e-9)
+
+
+def test_admin_credits_are_counted_once_per_credit(client: Any, credit: Any,
+                                                   org: uuid.UUID) -> None:
+    before = scrape(client)
+    credit(org, "12.50", paymentIntentId="pi_manual_1")
+    credit(org, "12.50", paymentIntentId="pi_manual_1")  # the same payment: credits nothing
+    credit(org, "2.00", type="bonus")
+    after = scrape(client)
+    assert moved(before, after, "billing_credits_total", source="admin", type="purchase") == 1
+    assert moved(before, after, "billing_credits_amount_total", source="admin",
+                 type="purchase") == pytest.approx(12.50, abs=1e-9)
+    assert moved(before, after, "billing_credits_amount_total", source="admin",
+                 type="bonus") == pytest.approx(2.00, abs=1e-9)
+
+
+def test_stripe_credits_are_counted_once_per_payment(client: Any, org: uuid.UUID) -> None:
+    event = so.event("payment_intent.succeeded", so.payment_intent(org=org, amount=2550))
+    before = scrape(client)
+    assert deliver(client, event).status_code == 200
+    assert deliver(client, event).status_code == 200  # Stripe delivers again: no new credit
+    after = scrape(client)
+    assert moved(before, after, "billing_credits_total", source="stripe", type="purchase") == 1
+    assert moved(before, after, "billing_credits_amount_total", source="stripe",
+                 type="purchase") == pytest.approx(25.50, abs=1e-9)
 
 
 def test_deliveries_and_emails_are_counted_by_outcome(client: Any) -> None:
