@@ -7,9 +7,11 @@ import datetime as dt
 import os
 import secrets
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -119,13 +121,40 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             # Portal links carry a token in their path: redacted from every log line.
             self.cfg.set("logger_class", "billing_gateway.platform.access_log.RedactingLogger")
             self.cfg.set("graceful_timeout", 10)
+            self.cfg.set("child_exit", _worker_exited)
 
         def load(self) -> Any:
             # Called in each worker after the fork: each builds its own app and pool.
             return create_app(settings, database_url=dsn)
 
-    Server().run()
+    with _fresh_metrics_dir():
+        Server().run()
     return 0
+
+
+@contextmanager
+def _fresh_metrics_dir() -> Iterator[None]:
+    """Give serve's workers a new, empty metrics directory, removed when serve ends."""
+    # prometheus_client's multiprocess mode (docs/operations.md). Set before any worker
+    # exists, so each imports prometheus_client with it (the metrics module imports it only
+    # when a metric is first used, though the views that import the module are loaded here).
+    previous = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    with tempfile.TemporaryDirectory(prefix="billing-gateway-metrics-") as directory:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        try:
+            yield
+        finally:
+            if previous is None:
+                os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+            else:
+                os.environ["PROMETHEUS_MULTIPROC_DIR"] = previous
+
+
+def _worker_exited(server: Any, worker: Any) -> None:
+    """gunicorn's child_exit: drop the dead worker's pool gauges from the metrics."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
 
 
 def _start_stripe_sim(settings: Settings, host: str, port: int) -> Settings:

@@ -3,23 +3,34 @@ backlog read at scrape time, the pool; summed over gunicorn's workers; never pub
 
 from __future__ import annotations
 
+import http.client
+import json
+import os
+import subprocess
+import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 import pytest
+import requests
 
 # Imported now, without PROMETHEUS_MULTIPROC_DIR: this process stays in single-process mode
 # even while a test sets the variable (see test_init_refuses_...).
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.scratch import nginx_in_front, nginx_path, stop_process
 from billing_gateway import create_app
 from billing_gateway.platform import metrics
 from billing_gateway.platform.config import Settings
 from tests import stripe_objects as so
-from tests.plugins.servers import free_port
+from tests.plugins.servers import Served, free_port
 from tests.plugins.service import TokenFactory
 from tests.plugins.webhooks import deliver
 
@@ -246,3 +257,148 @@ def test_init_refuses_a_multiprocess_dir_set_after_prometheus_client_was_importe
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     with pytest.raises(RuntimeError, match="imported before"):
         create_app(settings)
+
+
+# -- under gunicorn: multiprocess mode --------------------------------------------------
+
+SECRET = "metrics-test-secret-" + "m" * 40
+
+
+@contextmanager
+def gunicorn(database_url: str, log: Path, **env: str) -> Iterator[tuple[str, int]]:
+    """The service under gunicorn with billing_gateway/gunicorn_conf.py, 2 workers; yield its
+    base URL and the master's pid."""
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    environment.update(DATABASE_URL=database_url, BILLING_JWT_SECRET=SECRET,
+                       BILLING_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="2",
+                       BILLING_THREADS="2", **env)
+    with log.open("w") as output:
+        process = subprocess.Popen(  # noqa: S603  # our own venv's gunicorn, fixed arguments
+            [str(Path(sys.executable).with_name("gunicorn")), "-c",
+             "python:billing_gateway.gunicorn_conf", "billing_gateway:create_app()"],
+            env=environment, stdout=output, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+                try:
+                    if requests.get(f"{base}/readyz", timeout=2).ok:
+                        break
+                except requests.RequestException:
+                    pass
+                time.sleep(0.2)
+            yield base, process.pid
+        finally:
+            stop_process(process)
+
+
+def per_process(metrics_dir: Path, name: str, **labels: str) -> dict[int, float]:
+    """One counter's value in each process's file: {pid: value}."""
+    found = {}
+    for path in metrics_dir.glob("counter_*.db"):
+        pid = int(path.stem.split("_")[1])
+        for family in MultiProcessCollector.merge([str(path)]):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    found[pid] = sample.value
+    return found
+
+
+def test_gunicorn_workers_are_summed_in_every_scrape(database_url: str, tmp_path: Path) -> None:
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    # A file an earlier run left behind, written by our own code: it must not be summed in.
+    subprocess.run([sys.executable, "-c",  # this interpreter, a fixed script
+                    "from decimal import Decimal; from billing_gateway.platform import metrics;"
+                    " metrics.charged('charged', Decimal('1000'))"],
+                   env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}, check=True)
+    assert list(metrics_dir.glob("counter_*.db"))
+    requests_made = 12
+    # Each worker is replaced after 4 requests, so no one process can answer them all: the
+    # count must come from the files of several, dead ones included.
+    with gunicorn(database_url, tmp_path / "gunicorn.log",
+                  PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+                  GUNICORN_CMD_ARGS="--max-requests 4") as (base, master):
+        for _ in range(requests_made):
+            assert requests.get(f"{base}/healthz", timeout=10).status_code == 200
+        healthz = {"route": "/healthz", "method": "GET", "status": "200"}
+        for _ in range(3):  # whichever worker answers the scrape, the sum is the same
+            scraped = requests.get(f"{base}/metrics", timeout=10)
+            assert scraped.status_code == 200
+            samples = parse(scraped.text)
+            assert value(samples, "billing_http_requests_total", **healthz) == requests_made
+            assert value(samples, "billing_charges_amount_total", outcome="charged") == 0
+            assert value(samples, "billing_database_up") == 1
+            assert ("billing_pool_max", frozenset()) in samples
+            assert not any(name.startswith("python_gc") for name, _ in samples)  # one process's
+        answered = per_process(metrics_dir, "billing_http_requests_total", **healthz)
+        assert sum(answered.values()) == requests_made
+        assert len([n for n in answered.values() if n > 0]) >= 2, answered
+        # child_exit dropped the pool gauges of the workers that exited (their counters stay).
+        deadline = time.monotonic() + 10
+        while True:
+            live = {child.pid for child in psutil.Process(master).children()}
+            gauges = {int(path.stem.rsplit("_", 1)[1])
+                      for path in metrics_dir.glob("gauge_livesum_*.db")}
+            if gauges <= live or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert gauges <= live
+        assert set(answered) - live, "no worker was replaced"
+
+
+def test_gunicorn_without_a_directory_uses_a_private_one_removed_at_exit(
+        database_url: str, tmp_path: Path) -> None:
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    with gunicorn(database_url, tmp_path / "gunicorn.log", TMPDIR=str(temp)) as (base, _):
+        assert requests.get(f"{base}/metrics", timeout=10).status_code == 200
+        (private,) = temp.glob("billing-gateway-metrics-*")
+        assert list(private.glob("*.db"))
+    assert not private.exists()
+
+
+def test_nginx_answers_metrics_404_while_gunicorn_serves_it(database_url: str,
+                                                            tmp_path: Path) -> None:
+    if nginx_path() is None:
+        if os.environ.get("CI"):
+            pytest.fail("nginx is not installed: .ci/run installs it from Debian's packages")
+        pytest.skip("nginx is not installed (apt-get install nginx)")
+    with gunicorn(database_url, tmp_path / "gunicorn.log") as (base, _), \
+            nginx_in_front(base.removeprefix("http://")) as proxy_port:
+        assert requests.get(f"{base}/metrics", timeout=10).status_code == 200
+        proxy = f"http://127.0.0.1:{proxy_port}"
+        assert requests.get(f"{proxy}/healthz", timeout=10).status_code == 200
+        for path in ("/metrics", "/metrics/", "/metrics?x=1", "/%6Detrics", "//metrics"):
+            status, body = get_as_is(proxy_port, path)
+            assert status == 404, path
+            assert json.loads(body) == {"error": {"code": "not_found", "message": "Not found"}}
+
+
+def get_as_is(port: int, path: str) -> tuple[int, bytes]:
+    """GET a path exactly as written (an HTTP library would normalize it first)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_serve_runs_its_workers_in_multiprocess_mode(tmp_path: Path) -> None:
+    served = Served(tmp_path / "data", free_port())
+    try:
+        for _ in range(3):
+            assert requests.get(f"{served.base}/healthz", timeout=10).status_code == 200
+        samples = parse(requests.get(f"{served.base}/metrics", timeout=10).text)
+    finally:
+        assert served.ctrl_c() == 0
+    assert value(samples, "billing_http_requests_total", route="/healthz", method="GET",
+                 status="200") == 3
+    assert value(samples, "billing_database_up") == 1
+    # The default registry's process metrics exist only in single-process mode.
+    assert not any(name.startswith("python_gc") for name, _ in samples)
+    assert value(samples, "billing_pool_max") >= 1
