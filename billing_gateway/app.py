@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from billing_gateway import ledger, notifications, platform, portal, topups, usage
-from billing_gateway.platform import auth, db, logs, rate_limits
+from billing_gateway.platform import auth, db, logs, metrics, rate_limits
 from billing_gateway.platform.config import Settings, load_settings
 from billing_gateway.platform.errors import handle_http_exception, register_error_handlers
 from billing_gateway.platform.json_codec import DecimalJSONProvider
@@ -91,6 +91,8 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
         domain.init_app(app, api, settings)
     # After every view exists: it exempts the probes and the webhook by endpoint name.
     app.extensions["billing_limiter"] = rate_limits.init_app(app, settings)
+    # After the limiter, which it tells to leave /metrics alone (docs/operations.md).
+    metrics.init_app(app, settings)
     if settings.trusted_proxies:
         # Behind N proxies the client is the Nth address from the right of X-Forwarded-For;
         # trusting more hops than exist would let a caller choose its own address (and

@@ -9,9 +9,11 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -121,19 +123,47 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             # Portal links carry a token in their path: redacted from every log line.
             self.cfg.set("logger_class", "billing_gateway.platform.access_log.RedactingLogger")
             self.cfg.set("graceful_timeout", 10)
+            self.cfg.set("child_exit", _worker_exited)
 
         def load(self) -> Any:
             # Called in each worker after the fork: each builds its own app and pool.
             return create_app(settings, database_url=dsn)
 
-    worker = _start_worker(dsn) if settings.database_url is None else None
-    try:
-        Server().run()
-    finally:
-        if worker is not None:
-            worker.terminate()
-            worker.wait(30)
+    with _fresh_metrics_dir():
+        # In the metrics directory too, so serve's /metrics counts its deliveries.
+        worker = _start_worker(dsn) if settings.database_url is None else None
+        try:
+            Server().run()
+        finally:
+            if worker is not None:
+                worker.terminate()
+                worker.wait(30)
     return 0
+
+
+@contextmanager
+def _fresh_metrics_dir() -> Iterator[None]:
+    """Give serve's workers a new, empty metrics directory, removed when serve ends."""
+    # prometheus_client's multiprocess mode (docs/operations.md). Set before any worker
+    # exists, so each imports prometheus_client with it (the metrics module imports it only
+    # when a metric is first used, though the views that import the module are loaded here).
+    previous = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    with tempfile.TemporaryDirectory(prefix="billing-gateway-metrics-") as directory:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        try:
+            yield
+        finally:
+            if previous is None:
+                os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+            else:
+                os.environ["PROMETHEUS_MULTIPROC_DIR"] = previous
+
+
+def _worker_exited(server: Any, worker: Any) -> None:
+    """gunicorn's child_exit: drop the dead worker's pool gauges from the metrics."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
 
 
 def _start_stripe_sim(settings: Settings, host: str, port: int) -> Settings:
@@ -231,6 +261,11 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     signal.signal(signal.SIGINT, stop)
     if args.parent_pid:
         stop_with_parent(worker, args.parent_pid)
+    if args.metrics_port:
+        from billing_gateway.platform import metrics
+
+        metrics.serve_standalone(args.metrics_port)
+        print(f"worker: metrics on http://127.0.0.1:{args.metrics_port}/metrics", flush=True)
     print(f"worker: delivering with {worker.threads} threads", flush=True)
     worker.run()
     print("worker: stopped", flush=True)
@@ -283,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="deliver outbound webhooks and alert emails")
     worker.add_argument("--threads", type=int, default=None,
                         help="deliveries attempted at once (default BILLING_WORKER_THREADS, 4)")
+    worker.add_argument("--metrics-port", type=int, default=None,
+                        help="serve the worker's Prometheus metrics on 127.0.0.1:PORT")
     worker.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     worker.set_defaults(func=cmd_worker)
 

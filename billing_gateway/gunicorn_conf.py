@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
 
 # Loopback by default: only the proxy on this machine may reach gunicorn.
 bind = os.environ.get("BILLING_BIND", "127.0.0.1:8000")
@@ -42,3 +46,36 @@ logger_class = "billing_gateway.platform.access_log.RedactingLogger"
 limit_request_line = 4094  # bytes of "METHOD /path?query HTTP/1.1"
 limit_request_fields = 100  # header fields per request
 limit_request_field_size = 8190  # bytes of one header field, name and value
+
+# Metrics (GET /metrics, docs/operations.md): prometheus_client's multiprocess mode. Each
+# worker writes its counters to files in PROMETHEUS_MULTIPROC_DIR and the worker answering a
+# scrape sums them all. The variable must be in the environment before a worker first
+# imports prometheus_client, so it is set here, in the master, when gunicorn reads this
+# module (also before a --preload app is built): every worker inherits it.
+# https://prometheus.github.io/client_python/multiprocess/
+# Without one from the environment the workers get a private directory, removed at exit
+# (an empty value counts as none: it would name the current directory).
+_private_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _private_metrics_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="billing-gateway-metrics-")
+metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+
+
+def on_starting(server: Any) -> None:
+    """Start the metrics from zero: files left by an earlier run would be summed in."""
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    for stale in metrics_dir.glob("*.db"):
+        stale.unlink()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Drop a dead worker's pool gauges (its counters stay: they only ever add up)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid, str(metrics_dir))
+
+
+def on_exit(server: Any) -> None:
+    """Remove the private metrics directory (one from the environment is left as it is)."""
+    if _private_metrics_dir:
+        shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -41,6 +41,9 @@ CREATE INDEX outbox_events_ledger_row ON outbox_events (org_id, ledger_seq);
 -- When events began: verify-ledger expects a top-up event for every ledger row after it.
 CREATE TABLE outbox_start (started_at timestamptz NOT NULL);
 INSERT INTO outbox_start VALUES (now());
+-- Read only by verify-ledger (a superuser); the app role is granted nothing on it.
+ALTER TABLE outbox_start ENABLE ROW LEVEL SECURITY;
+ALTER TABLE outbox_start FORCE ROW LEVEL SECURITY;
 
 -- Platform-wide receivers of events (admin API). The secret signs every delivery, so it is
 -- kept, readable only by the notifications scope; the API shows it once, at creation.

@@ -18,7 +18,7 @@ from billing_gateway.ledger.schemas import (
     TransactionsQuery,
 )
 from billing_gateway.ledger.writes import ledger_write
-from billing_gateway.platform import money
+from billing_gateway.platform import metrics, money
 from billing_gateway.platform.auth import (
     ADMIN,
     MEMBER,
@@ -86,6 +86,8 @@ def add_funds(args: dict[str, Any]) -> Response:
             description=args.get("description"),
             created_by=caller.subject,
         )
+        if not result.is_duplicate:  # a repeated paymentIntentId credits nothing again
+            metrics.credited("admin", args["type"], args["amount"])
         return write.created(result, _RESPONSE, message="Credits added successfully")
 
 

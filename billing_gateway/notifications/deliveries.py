@@ -21,7 +21,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from billing_gateway.notifications import emails, receivers, schedule, signing
-from billing_gateway.platform import json_codec
+from billing_gateway.platform import json_codec, metrics
 from billing_gateway.platform.config import Settings
 from billing_gateway.platform.db import notifications_transaction
 
@@ -71,6 +71,9 @@ class Outcome:
     response_ms: int
     retry_after: str | None = None
     gone: bool = False  # the receiver answered 410: stop sending to it
+    # For the metrics: delivered, failed (an HTTP answer or an SMTP error), refused (a
+    # private address), timeout.
+    kind: str = "failed"
 
 
 def dispatch(conn: psycopg.Connection, settings: Settings, limit: int = 200) -> int:
@@ -99,11 +102,13 @@ def attempt_next(conn: psycopg.Connection, settings: Settings,
         attempt = row["attempts"] + 1
         if row["emails"] is not None:
             outcome = _email(settings, row)
+            metrics.email_sent("sent" if outcome.delivered else outcome.kind)
         elif not row["endpoint_live"]:
             _finish(conn, row["id"], "failed", f"endpoint {row['disabled_reason'] or 'disabled'}")
             return "skipped"
         else:
             outcome = _post(settings, row)
+            metrics.delivery_attempted(outcome.kind, outcome.response_ms / 1000)
         conn.execute(
             "INSERT INTO delivery_attempts (delivery_id, attempt, attempted_at, status_code,"
             " error, response_ms) VALUES (%s, %s, clock_timestamp(), %s, %s, %s)",
@@ -137,12 +142,16 @@ def _post(settings: Settings, row: dict[str, Any]) -> Outcome:
         answer = receivers.post(row["url"], body, headers,
                                 timeout=schedule.ATTEMPT_TIMEOUT_SECONDS,
                                 allow_private=settings.webhook_allow_private)
-    except (receivers.ReceiverRefused, receivers.DeliveryFailed) as exc:
-        return Outcome(False, None, str(exc)[:500], _ms_since(started))
+    except receivers.ReceiverRefused as exc:
+        return Outcome(False, None, str(exc)[:500], _ms_since(started), kind="refused")
+    except receivers.DeliveryFailed as exc:
+        kind = "timeout" if "within" in str(exc) else "failed"
+        return Outcome(False, None, str(exc)[:500], _ms_since(started), kind=kind)
     delivered = 200 <= answer.status < 300
     return Outcome(delivered, answer.status,
                    None if delivered else f"HTTP {answer.status}: {answer.body_excerpt[:200]}",
-                   answer.elapsed_ms, answer.retry_after, gone=answer.status == 410)
+                   answer.elapsed_ms, answer.retry_after, gone=answer.status == 410,
+                   kind="delivered" if delivered else "failed")
 
 
 def _email(settings: Settings, row: dict[str, Any]) -> Outcome:
@@ -153,9 +162,11 @@ def _email(settings: Settings, row: dict[str, Any]) -> Outcome:
     try:
         emails.send_alert_email(settings.smtp_url, settings.email_from, row["emails"], event,
                                 timeout=schedule.ATTEMPT_TIMEOUT_SECONDS)
-    except emails.EmailFailed as exc:
+    except (emails.EmailFailed, ValueError) as exc:
+        # ValueError: an address or event no resend can fix; retried all the same, so the
+        # log shows it until the delivery fails for good.
         return Outcome(False, None, str(exc)[:500], _ms_since(started))
-    return Outcome(True, None, None, _ms_since(started))
+    return Outcome(True, None, None, _ms_since(started), kind="delivered")
 
 
 def _endpoint_health(conn: psycopg.Connection, endpoint_id: Any, outcome: Outcome) -> None:

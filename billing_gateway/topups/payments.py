@@ -17,7 +17,7 @@ import psycopg
 from psycopg.rows import class_row
 
 from billing_gateway.ledger import credits
-from billing_gateway.platform import money
+from billing_gateway.platform import metrics, money
 from billing_gateway.platform.db import enter_org
 from billing_gateway.platform.errors import IdempotencyConflict
 
@@ -91,6 +91,10 @@ def credit_payment(conn: psycopg.Connection, payment_intent_id: str, org_id: UUI
         (org_id, currency, amount_minor, payment_intent_id))
     payment.org_id, payment.currency, payment.credited_minor = org_id, currency, amount_minor
     settle(conn, payment)
+    if not result.is_duplicate:
+        # Counted before the event's transaction commits: one that then rolls back is
+        # counted again on Stripe's retry (rare; the ledger is the exact record).
+        metrics.credited("stripe", "purchase", money.from_minor_units(amount_minor, currency))
     return "duplicate" if result.is_duplicate else "credited"
 
 

@@ -57,6 +57,14 @@ def work(conn: psycopg.Connection, settings: Settings) -> str | None:
     return deliveries.attempt_next(conn, settings, random.Random(7))  # noqa: S311  # jitter
 
 
+def attempts(outcome: str) -> float:
+    """billing_webhook_deliveries_total{outcome} of this process (no multiprocess dir here)."""
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value("billing_webhook_deliveries_total", {"outcome": outcome})
+    return value or 0.0
+
+
 def make_due(owner_conn: psycopg.Connection) -> None:
     """Skip the backoff wait: every pending delivery is due now."""
     owner_conn.execute("UPDATE deliveries SET next_attempt_at = now() WHERE status = 'pending'")
@@ -129,6 +137,7 @@ def test_a_receiver_failing_twice_gets_one_delivery_with_one_webhook_id(
     receiver.answer_with(500, 500, 200)
     endpoint = add_endpoint(client, auth, receiver.url)
     go_low(client, auth, credit, org)
+    before = {outcome: attempts(outcome) for outcome in ("failed", "delivered")}
     assert work(worker_conn, settings) == "pending"
     assert work(worker_conn, settings) is None  # not due yet: the backoff holds it
     make_due(owner_conn)
@@ -152,6 +161,8 @@ def test_a_receiver_failing_twice_gets_one_delivery_with_one_webhook_id(
     assert len(log) == 1 and log[0]["status"] == "delivered" and log[0]["attempts"] == 3
     assert [a["statusCode"] for a in log[0]["log"]] == [500, 500, 200]
     assert log[0]["eventType"] == "balance.low" and log[0]["lastResponseMs"] >= 0
+    assert attempts("failed") - before["failed"] == 2  # /metrics counts every attempt
+    assert attempts("delivered") - before["delivered"] == 1
 
 
 def test_only_subscribed_events_are_sent(client: FlaskClient, auth: TokenFactory,

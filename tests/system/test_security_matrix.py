@@ -21,7 +21,10 @@ PUBLIC = {"/healthz", "/readyz", "/openapi.json", "/api/billing/stripe-webhook",
           "/static/<path:filename>",
           # The billing page's stylesheet and script, and its one-time links (the token in
           # the path is the credential; an unknown one is a 404 page, tested in tests/portal).
-          "/billing/static/<path:filename>", "/billing/portal/<token>"}
+          "/billing/static/<path:filename>", "/billing/portal/<token>",
+          # Prometheus' scrape, on gunicorn's internal address only: nginx answers it 404
+          # (tests/platform/test_metrics.py, docs/operations.md).
+          "/metrics"}
 
 
 def _routes(app: Flask) -> list[tuple[str, str]]:
