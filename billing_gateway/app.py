@@ -84,6 +84,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
                 timeout=settings.pool_timeout, low_balance_default=settings.low_balance_default)
     app.before_request(_assign_request_id)
     app.after_request(_echo_request_id)
+    app.after_request(logs.keep_for_access_log)
 
     api = BillingApi(app)
     # Each domain registers itself; platform first (the others stand on it).

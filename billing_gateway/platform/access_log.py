@@ -32,4 +32,5 @@ class RedactingLogger(glogging.Logger):
             "bytes": atoms["B"], "duration_ms": round(request_time.total_seconds() * 1000, 2),
             "remote": atoms["h"], "user_agent": atoms["a"],
             "request_id": atoms.get("{x-request-id}o") or None,
+            "org": environ.get("billing.org"), "caller": environ.get("billing.caller"),
         })

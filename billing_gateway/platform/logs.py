@@ -9,7 +9,7 @@ import re
 import sys
 from typing import Any
 
-from flask import g, has_request_context
+from flask import Response, g, has_request_context, request
 from pythonjsonlogger.json import JsonFormatter
 
 LOGGER = "billing_gateway"
@@ -40,17 +40,31 @@ class RequestContext(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Annotate the record; never drop it."""
-        request_id = org = caller = None
         if has_request_context():
-            request_id = g.get("request_id")
-            # The API's caller (a JWT) or the billing page's member (a session).
-            who = g.get("caller") or g.get("member")
-            found = g.get("org_id") or getattr(who, "org_id", None)
-            if who is not None:
-                caller = getattr(who, "subject", None) or getattr(who, "member", None)
-            org = str(found) if found is not None else None
-        record.request_id, record.org, record.caller = request_id, org, caller
+            record.request_id, record.org, record.caller = request_context()
+        else:
+            for name in ("request_id", "org", "caller"):
+                if not hasattr(record, name):  # gunicorn's access line brings its own
+                    setattr(record, name, None)
         return True
+
+
+def request_context() -> tuple[str | None, str | None, str | None]:
+    """The current request's id, org and caller."""
+    # The API's caller (a JWT) or the billing page's member (a session).
+    who = g.get("caller") or g.get("member")
+    found = g.get("org_id") or getattr(who, "org_id", None)
+    caller = (getattr(who, "subject", None) or getattr(who, "member", None)
+              if who is not None else None)
+    return g.get("request_id"), str(found) if found is not None else None, caller
+
+
+def keep_for_access_log(response: Response) -> Response:
+    """Leave the org and caller in the WSGI environ, where gunicorn's access line, written
+    after the request context is gone, finds them (platform/access_log.py)."""
+    _, org, caller = request_context()
+    request.environ["billing.org"], request.environ["billing.caller"] = org, caller
+    return response
 
 
 class RedactingJsonFormatter(JsonFormatter):

@@ -33,12 +33,14 @@ def call_json(url: str, token: str, body: dict | None = None) -> dict:
 class Served:
     """`billing-gateway serve` in its own process group, as a terminal runs it."""
 
-    def __init__(self, data_dir: Path, port: int) -> None:
+    def __init__(self, data_dir: Path, port: int, extra_env: dict[str, str] | None = None
+                 ) -> None:
         # The README's first command on a fresh machine: no database, secret or Stripe keys.
         env = {k: v for k, v in os.environ.items()
                if k not in ("DATABASE_URL", "BILLING_JWT_SECRET", "STRIPE_SECRET_KEY",
                             "STRIPE_WEBHOOK_SECRET", "STRIPE_API_BASE")}
         env["BILLING_DATA_DIR"] = str(data_dir)
+        env.update(extra_env or {})
         self.log = data_dir.parent / f"serve-{time.monotonic_ns()}.log"
         self.output = self.log.open("w")
         self.process = subprocess.Popen(  # noqa: S603  # our own console script
