@@ -15,21 +15,23 @@ from typing import Any
 
 import psycopg
 import pytest
+import requests
 from flask.testing import FlaskClient
 
 from tests.notifications.test_webhook_endpoints import add_endpoint, go_low
 from tests.plugins.receiver import Receiver
+from tests.plugins.servers import free_port
 from tests.plugins.service import TokenFactory
 
 
 class WorkerProcess:
     """`billing-gateway worker` against the test database."""
 
-    def __init__(self, database_url: str, data_dir: Path) -> None:
+    def __init__(self, database_url: str, data_dir: Path, *args: str) -> None:
         env = {**os.environ, "DATABASE_URL": database_url, "BILLING_DATA_DIR": str(data_dir),
                "BILLING_WEBHOOK_ALLOW_PRIVATE": "true", "BILLING_WORKER_THREADS": "2"}
-        self.proc = subprocess.Popen(  # our own command
-            [sys.executable, "-m", "billing_gateway.cli", "worker"], env=env,
+        self.proc = subprocess.Popen(  # noqa: S603  # our own command
+            [sys.executable, "-m", "billing_gateway.cli", "worker", *args], env=env,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
@@ -42,8 +44,8 @@ class WorkerProcess:
 def start_worker(database_url: str, tmp_path: Path) -> Iterator[Any]:
     started: list[WorkerProcess] = []
 
-    def start() -> WorkerProcess:
-        started.append(WorkerProcess(database_url, tmp_path))
+    def start(*args: str) -> WorkerProcess:
+        started.append(WorkerProcess(database_url, tmp_path, *args))
         return started[-1]
 
     yield start
@@ -73,13 +75,16 @@ def test_the_worker_delivers_an_event_soon_after_it_commits(
         client: FlaskClient, auth: TokenFactory, credit: Any, org: uuid.UUID,
         receiver: Receiver, owner_conn: psycopg.Connection, start_worker: Any) -> None:
     add_endpoint(client, auth, receiver.url)
-    worker = start_worker()
+    metrics_port = free_port()
+    worker = start_worker("--metrics-port", str(metrics_port))
     time.sleep(1.5)  # listening
     committed = time.time()
     go_low(client, auth, credit, org)
     [seen] = receiver.wait_for(1)
     assert seen.at - committed < 2.0  # woken by NOTIFY, not a long poll
     wait_until(lambda: delivery(owner_conn) == ("delivered", 1))
+    scraped = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    assert 'billing_webhook_deliveries_total{outcome="delivered"} 1.0' in scraped
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.proc.wait(15) == 0
 
