@@ -46,3 +46,5 @@ def set_alert_settings(conn: psycopg.Connection, org_id: UUID, *,
     # The copy the threshold trigger reads under the row lock (sql/010_outbox.sql).
     conn.execute("UPDATE organizations SET alert_threshold = %s WHERE id = %s",
                  (threshold, org_id))
+    # A lower threshold may end the episode: the next fall below it must alert again.
+    conn.execute("SELECT rearm_alerts(%s)", (org_id,))

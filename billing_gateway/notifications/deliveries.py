@@ -11,6 +11,7 @@ https://www.postgresql.org/docs/current/sql-select.html#SQL-FOR-UPDATE-SHARE
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from billing_gateway.notifications import emails, receivers, schedule, signing
 from billing_gateway.platform import json_codec, metrics
 from billing_gateway.platform.config import Settings
 from billing_gateway.platform.db import notifications_transaction
+
+log = logging.getLogger(__name__)
 
 # The events worth an email to the org's billing contacts.
 EMAILED = ["balance.low", "balance.depleted", "topup.reversed", "auto_topup.failed"]
@@ -109,29 +112,45 @@ def attempt_next(conn: psycopg.Connection, settings: Settings,
         else:
             outcome = _post(settings, row)
             metrics.delivery_attempted(outcome.kind, outcome.response_ms / 1000)
-        conn.execute(
-            "INSERT INTO delivery_attempts (delivery_id, attempt, attempted_at, status_code,"
-            " error, response_ms) VALUES (%s, %s, clock_timestamp(), %s, %s, %s)",
-            (row["id"], attempt, outcome.status_code, outcome.error, outcome.response_ms))
-        if outcome.delivered:
-            status, delay = "delivered", None
-        elif outcome.gone:
-            status, delay = "failed", None
-        else:
-            delay = schedule.delay_with_retry_after(attempt, outcome.retry_after,
-                                                    datetime.now(UTC), rng)
-            status = "failed" if delay is None else "pending"
-        conn.execute(
-            "UPDATE deliveries SET status = %s, attempts = %s, last_attempt_at = t.at,"
-            " last_status = %s, last_error = %s, last_response_ms = %s,"
-            " next_attempt_at = t.at + make_interval(secs => %s),"
-            " delivered_at = CASE WHEN %s THEN t.at END"
-            " FROM (SELECT clock_timestamp() AS at) t WHERE id = %s",
-            (status, attempt, outcome.status_code, outcome.error, outcome.response_ms,
-             delay or 0, outcome.delivered, row["id"]))
-        if row["endpoint_id"] is not None:
-            _endpoint_health(conn, row["endpoint_id"], outcome)
-        return "delivered" if outcome.delivered else status
+        try:
+            with conn.transaction():  # a savepoint: if recording fails, record that instead
+                return _record(conn, row, attempt, outcome, rng)
+        except (psycopg.Error, ValueError, OverflowError) as exc:
+            # Never leave an attempt unrecorded: the delivery would be due again at once
+            # and a receiver could have it resent every second, for ever.
+            log.exception("could not record delivery %s's attempt", row["id"])
+            return _record(conn, row, attempt, Outcome(
+                False, outcome.status_code, f"could not record the answer ({type(exc).__name__})",
+                outcome.response_ms, kind=outcome.kind), rng)
+
+
+def _record(conn: psycopg.Connection, row: dict[str, Any], attempt: int, outcome: Outcome,
+            rng: random.Random | None) -> str:
+    """Log the attempt, set when (or whether) the delivery is tried again, and keep the
+    endpoint's failure clock; the delivery's status."""
+    conn.execute(
+        "INSERT INTO delivery_attempts (delivery_id, attempt, attempted_at, status_code,"
+        " error, response_ms) VALUES (%s, %s, clock_timestamp(), %s, %s, %s)",
+        (row["id"], attempt, outcome.status_code, outcome.error, outcome.response_ms))
+    if outcome.delivered:
+        status, delay = "delivered", None
+    elif outcome.gone:
+        status, delay = "failed", None
+    else:
+        delay = schedule.delay_with_retry_after(attempt, outcome.retry_after,
+                                                datetime.now(UTC), rng)
+        status = "failed" if delay is None else "pending"
+    conn.execute(
+        "UPDATE deliveries SET status = %s, attempts = %s, last_attempt_at = t.at,"
+        " last_status = %s, last_error = %s, last_response_ms = %s,"
+        " next_attempt_at = t.at + make_interval(secs => %s),"
+        " delivered_at = CASE WHEN %s THEN t.at END"
+        " FROM (SELECT clock_timestamp() AS at) t WHERE id = %s",
+        (status, attempt, outcome.status_code, outcome.error, outcome.response_ms,
+         delay or 0, outcome.delivered, row["id"]))
+    if row["endpoint_id"] is not None:
+        _endpoint_health(conn, row["endpoint_id"], outcome)
+    return "delivered" if outcome.delivered else status
 
 
 def _post(settings: Settings, row: dict[str, Any]) -> Outcome:
@@ -143,13 +162,13 @@ def _post(settings: Settings, row: dict[str, Any]) -> Outcome:
                                 timeout=schedule.ATTEMPT_TIMEOUT_SECONDS,
                                 allow_private=settings.webhook_allow_private)
     except receivers.ReceiverRefused as exc:
-        return Outcome(False, None, str(exc)[:500], _ms_since(started), kind="refused")
+        return Outcome(False, None, _text(str(exc), 500), _ms_since(started), kind="refused")
     except receivers.DeliveryFailed as exc:
         kind = "timeout" if "within" in str(exc) else "failed"
-        return Outcome(False, None, str(exc)[:500], _ms_since(started), kind=kind)
+        return Outcome(False, None, _text(str(exc), 500), _ms_since(started), kind=kind)
     delivered = 200 <= answer.status < 300
     return Outcome(delivered, answer.status,
-                   None if delivered else f"HTTP {answer.status}: {answer.body_excerpt[:200]}",
+                   None if delivered else f"HTTP {answer.status}: {_text(answer.body_excerpt)}",
                    answer.elapsed_ms, answer.retry_after, gone=answer.status == 410,
                    kind="delivered" if delivered else "failed")
 
@@ -165,7 +184,7 @@ def _email(settings: Settings, row: dict[str, Any]) -> Outcome:
     except (emails.EmailFailed, ValueError) as exc:
         # ValueError: an address or event no resend can fix; retried all the same, so the
         # log shows it until the delivery fails for good.
-        return Outcome(False, None, str(exc)[:500], _ms_since(started))
+        return Outcome(False, None, _text(str(exc), 500), _ms_since(started))
     return Outcome(True, None, None, _ms_since(started), kind="delivered")
 
 
@@ -191,6 +210,11 @@ def _endpoint_health(conn: psycopg.Connection, endpoint_id: Any, outcome: Outcom
 def _finish(conn: psycopg.Connection, delivery_id: Any, status: str, error: str) -> None:
     conn.execute("UPDATE deliveries SET status = %s, last_error = %s WHERE id = %s",
                  (status, error, delivery_id))
+
+
+def _text(words: str, limit: int = 200) -> str:
+    """A receiver's (or a library's) words as PostgreSQL text can hold them: no NUL."""
+    return words[:limit].replace("\x00", "\ufffd")
 
 
 def _ms_since(started: float) -> int:

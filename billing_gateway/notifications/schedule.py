@@ -64,7 +64,7 @@ def retry_after_seconds(value: str | None, *, now: datetime) -> float | None:
         return float(min(int(significant), MAX_RETRY_AFTER_SECONDS))
     try:
         when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):  # a year past datetime's range
         return None
     if when.tzinfo is None:
         # parsedate_to_datetime leaves "-0000" dates naive; HTTP-dates are always GMT.

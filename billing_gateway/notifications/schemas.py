@@ -41,7 +41,8 @@ class AlertSettingsResponse(Schema):
 class WebhookEndpointRequest(Schema):
     """A receiver of the platform's money events."""
 
-    url = fields.String(required=True, validate=validate.Length(min=1, max=2048), metadata={
+    url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False,
+                     validate=validate.Length(min=1, max=2048), metadata={
         "example": "https://platform.example/hooks/billing",
         "description": "http(s); private and loopback addresses are refused unless "
                        "BILLING_WEBHOOK_ALLOW_PRIVATE is set."})

@@ -56,6 +56,8 @@ class Worker:
                 with self._connect() as conn:
                     while not self.stop.is_set():
                         deliveries.dispatch(conn, self.settings)
+                        if self.stop.is_set():  # told to stop while dispatching: claim nothing
+                            break
                         outcome = deliveries.attempt_next(conn, self.settings, rng)
                         if outcome is not None:
                             if self.on_attempt is not None:

@@ -247,7 +247,12 @@ BEGIN
                 a_balance := a_balance || v_balance;
                 a_outcome := a_outcome || CASE WHEN d_candidate[i] THEN 'insufficient_funds'
                                                ELSE 'too_large' END;
-                IF d_candidate[i] THEN
+                -- A depletion only when the balance at this refusal is already below the
+                -- threshold (as for a single charge): a refusal at or above it is only too
+                -- large, even if a later item of the batch takes the balance below.
+                IF d_candidate[i] AND v_balance < (
+                        SELECT coalesce(alert_threshold, low_balance_default())
+                          FROM organizations WHERE id = v_org) THEN
                     r_org := r_org || v_org;
                 END IF;
             ELSE

@@ -94,6 +94,26 @@ BEGIN
 END
 $$;
 
+-- After an org's threshold changed (its row locked): a balance now at or above the
+-- threshold ends the episode with balance.recovered, so the next fall below it is a
+-- crossing again. It names the org's latest ledger row, whose balance it carries.
+CREATE OR REPLACE FUNCTION rearm_alerts(p_org_id uuid) RETURNS void
+    LANGUAGE plpgsql AS $$
+DECLARE
+    v_org organizations;
+    v_threshold numeric;
+BEGIN
+    SELECT * INTO STRICT v_org FROM organizations WHERE id = p_org_id;
+    v_threshold := coalesce(v_org.alert_threshold, low_balance_default());
+    IF v_org.alert_state <> 'ok' AND v_org.sms_balance >= v_threshold THEN
+        UPDATE organizations SET alert_state = 'ok' WHERE id = p_org_id;
+        PERFORM write_money_event(p_org_id, 'balance.recovered', v_org.transaction_count,
+            jsonb_build_object('balance', money_json(v_org.sms_balance),
+                               'threshold', money_json(v_threshold)));
+    END IF;
+END
+$$;
+
 -- Events are written by the tenant's own transaction (the org it charges or credits) and
 -- read only by the worker and the admin API (scope 'notifications').
 DROP POLICY IF EXISTS outbox_events_write ON outbox_events;

@@ -189,3 +189,33 @@ def test_a_hundred_concurrent_charges_cross_the_threshold_once(
     assert outcomes == {"charged": 100}
     assert balance(owner_conn, org) == 0
     assert Counter(types(owner_conn, org)) == {"balance.low": 1, "balance.depleted": 1}
+
+
+def test_a_bulk_refusal_above_the_threshold_is_no_depletion_even_if_the_batch_goes_low(
+        client: FlaskClient, auth: TokenFactory, credit: Any, org: uuid.UUID,
+        owner_conn: psycopg.Connection) -> None:
+    credit(org, "10.00")
+    answer = client.post("/api/billing/deduct/bulk", headers=auth("service"), json={
+        "charges": [{"orgId": str(org), "smsCount": 1, "costPerSms": "20.00",
+                     "messageId": "big"},    # refused at 10.00: only too large
+                    {"orgId": str(org), "smsCount": 1, "costPerSms": "6.00",
+                     "messageId": "small"}]})  # charged: 4.00, below 5.00
+    assert [r["outcome"] for r in answer.get_json()["results"]] == [
+        "insufficient_funds", "charged"]
+    assert types(owner_conn, org) == ["balance.low"]
+    assert charge(client, auth, org, "4.00") == 201  # the real depletion still alerts
+    assert types(owner_conn, org) == ["balance.low", "balance.depleted"]
+
+
+def test_lowering_the_threshold_below_the_balance_ends_the_episode(
+        client: FlaskClient, auth: TokenFactory, credit: Any, org: uuid.UUID,
+        owner_conn: psycopg.Connection) -> None:
+    credit(org, "8.00")
+    assert charge(client, auth, org, "4.00") == 201  # 4.00: low against 5.00
+    put = client.put(f"/api/billing/orgs/{org}/alerts", headers=auth("member", org),
+                     json={"lowBalanceThreshold": "2.00", "emails": []})
+    assert put.status_code == 200
+    assert events(owner_conn, org)[-1] == (
+        "balance.recovered", {"orgId": str(org), "balance": 4.0, "threshold": 2.0})
+    assert charge(client, auth, org, "3.00") == 201  # 1.00: a new crossing of 2.00
+    assert types(owner_conn, org) == ["balance.low", "balance.recovered", "balance.low"]

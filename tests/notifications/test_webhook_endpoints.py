@@ -202,6 +202,28 @@ def test_retry_after_is_honoured(client: FlaskClient, auth: TokenFactory, credit
     assert wait is not None and 3600 <= wait[0] < 3700  # not the schedule's 5 s
 
 
+@pytest.mark.parametrize("answer", [
+    (500, {}, b"oops\x00binary"),  # a NUL, which PostgreSQL text cannot hold
+    (503, {"Retry-After": "Mon, 01 Jan 99999999999 00:00:00 GMT"}, b"later"),  # no datetime
+])
+def test_a_strange_answer_is_recorded_and_retried_later_not_at_once(
+        client: FlaskClient, auth: TokenFactory, credit: Any, org: uuid.UUID,
+        receiver: Receiver, worker_conn: psycopg.Connection, owner_conn: psycopg.Connection,
+        settings: Settings, answer: tuple[int, dict[str, str], bytes]) -> None:
+    status, headers, body = answer
+    receiver.answer_with((status, headers))
+    receiver.body = body
+    add_endpoint(client, auth, receiver.url)
+    go_low(client, auth, credit, org)
+    assert work(worker_conn, settings) == "pending"
+    assert work(worker_conn, settings) is None  # not due again at once
+    row = owner_conn.execute("SELECT attempts, last_status, last_error,"
+                             " next_attempt_at > now() FROM deliveries").fetchone()
+    assert row is not None and row[:2] == (1, status) and row[3] is True
+    assert row[2].startswith(f"HTTP {status}: ") and "\x00" not in row[2]
+    assert len(receiver.received) == 1
+
+
 def test_an_endpoint_failing_for_five_days_is_disabled(
         client: FlaskClient, auth: TokenFactory, credit: Any, org: uuid.UUID,
         receiver: Receiver, worker_conn: psycopg.Connection, owner_conn: psycopg.Connection,

@@ -30,6 +30,7 @@ class Receiver:
     url: str
     answers: list[tuple[int, dict[str, str]]] = field(default_factory=lambda: [(200, {})])
     delay: float = 0.0
+    body: bytes | None = None  # what a failing answer says (default b"nope")
     received: list[Received] = field(default_factory=list)
     arrived: threading.Event = field(default_factory=threading.Event)
 
@@ -45,7 +46,7 @@ class Receiver:
         self.arrived.set()
         status, headers = self.answers[min(len(self.received), len(self.answers)) - 1]
         time.sleep(self.delay)
-        return Response(b"ok" if status < 300 else b"nope", status=status,
+        return Response(b"ok" if status < 300 else (self.body or b"nope"), status=status,
                         headers=headers)(environ, start_response)
 
     def wait_for(self, count: int, seconds: float = 15.0) -> list[Received]:
