@@ -8,6 +8,7 @@ import json
 import random
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -318,3 +319,20 @@ def test_without_an_smtp_url_nothing_is_emailed(
     go_low(client, auth, credit, org)
     assert work(worker_conn, settings) is None
     assert owner_conn.execute("SELECT count(*) FROM deliveries").fetchone() == (0,)
+
+
+def test_an_attempt_in_progress_is_never_claimed_by_a_second_worker(
+        client: FlaskClient, auth: TokenFactory, credit: Any, org: uuid.UUID,
+        receiver: Receiver, worker_conn: psycopg.Connection, settings: Settings,
+        database_url: str) -> None:
+    receiver.answer_with(200, delay=2)
+    add_endpoint(client, auth, receiver.url)
+    go_low(client, auth, credit, org)
+    with ThreadPoolExecutor(1) as first, psycopg.connect(database_url, autocommit=True) as other:
+        as_app_role(other)
+        attempt = first.submit(work, worker_conn, settings)
+        assert receiver.arrived.wait(10)  # the first worker is mid-attempt, holding the row
+        assert deliveries.attempt_next(other, settings) is None  # skipped, not waited for
+        assert attempt.result(10) == "delivered"
+    assert deliveries.attempt_next(worker_conn, settings) is None  # delivered: nothing due
+    assert len(receiver.received) == 1
