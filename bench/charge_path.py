@@ -39,7 +39,7 @@ def fund(dsn: str) -> None:
             owner.execute("SELECT add_credits(%s, 100000000, 'bonus')", (org_uuid(n),))
 
 
-def bulk(dsn: str, calls: int) -> list[float]:
+def bulk(dsn: str, calls: int, tag: str = "bulk") -> list[float]:
     """Seconds per charge_sms_bulk call of 1,000 charges over the 1,000 orgs, as billing_app."""
     orgs = [uuid.UUID(org_uuid(1 + i)) for i in range(1000)]
     times = []
@@ -48,7 +48,7 @@ def bulk(dsn: str, calls: int) -> list[float]:
         org_set = "{" + ",".join(f'"{org}":1' for org in orgs) + "}"
         for call in range(calls):
             params = {"orgs": orgs, "counts": [1] * 1000, "costs": [None] * 1000,
-                      "messages": [f"bulk-{call}-{i}" for i in range(1000)],
+                      "messages": [f"{tag}-{call}-{i}" for i in range(1000)],
                       "campaigns": [f"campaign-{i % 10}" for i in range(1000)],
                       "descriptions": ["Sent 1 SMS"] * 1000}
             t0 = time.perf_counter()
@@ -73,7 +73,7 @@ def measure(dsn: str, seconds: float, bulk_calls: int, workdir: Path, label: str
         result = run_pgbench(dsn, seconds, spread=spread, workdir=workdir)
         print(f"{label}{result.name:<44}{result.throughput:>10,.0f}{result.p50_ms:>9.2f}"
               f"{result.p99_ms:>9.2f}", flush=True)
-    times = bulk(dsn, bulk_calls)
+    times = bulk(dsn, bulk_calls, tag=uuid.uuid4().hex)  # new messages every time
     print(f"{label}{'charge_sms_bulk, 1,000 charges per call':<44}"
           f"{1000 * len(times) / sum(times):>10,.0f}{percentile(times, 50) * 1000:>9.2f}"
           f"{percentile(times, 99) * 1000:>9.2f}", flush=True)
