@@ -16,7 +16,7 @@ import time
 import uuid
 from typing import Any
 
-API_VERSION = "2025-03-31.basil"
+API_VERSION = "2026-10-28.endive"
 CREATED = 1_764_000_000
 
 

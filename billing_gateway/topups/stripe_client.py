@@ -26,6 +26,17 @@ PRODUCT_NAME = "SMS credits"
 # Session metadata naming the request that created it (checkout_requests).
 CHECKOUT_REQUEST_KEY = "checkout_request"
 
+# The Stripe API version this service speaks, sent as Stripe-Version on every request: the
+# version the installed stripe-python (16.1.0) was generated for (stripe.api_version), so
+# the SDK's types and Stripe's answers agree. Within one release ("endive") Stripe's monthly
+# versions add fields but break nothing, so a later stripe 16.x (pyproject.toml) still
+# speaks it; a new SDK major brings a new release, and this pin must move with it, on
+# purpose (tests/topups/test_stripe_version.py fails until it does).
+# Webhook events are rendered in the version of the webhook endpoint, not this one: create
+# the endpoint with this version (docs/stripe.md, "Setting up in test mode").
+# https://docs.stripe.com/api/versioning, https://docs.stripe.com/webhooks/versioning
+STRIPE_API_VERSION = "2026-10-28.endive"
+
 log = logging.getLogger("billing_gateway.stripe")
 
 
@@ -44,6 +55,7 @@ def make_client(settings: Settings) -> stripe.StripeClient:
     # The SDK retries network failures and 409/429/5xx itself, with the idempotency key
     # of the first attempt: https://docs.stripe.com/api/idempotent_requests
     return stripe.StripeClient(settings.stripe_secret_key, base_addresses=base,
+                               stripe_version=STRIPE_API_VERSION,
                                max_network_retries=settings.stripe_max_retries,
                                http_client=http_client)
 
