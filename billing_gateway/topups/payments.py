@@ -1,10 +1,13 @@
 """Stripe payments in the ledger: one credit per PaymentIntent, refunds and lost disputes
-taken back exactly, whatever order their events arrive in.
+taken back exactly, and given back when a refund fails or is canceled, whatever order
+their events arrive in.
 
 Each function runs inside a db.stripe_transaction and locks the payment's row first
 (then, through the ledger functions, its org's row), so two events of one payment never
-interleave. The state kept per payment (sql/004_stripe.sql) makes every effect a function
-of what has been seen, not of the order it was seen in.
+interleave. The state kept per payment (sql/004_stripe.sql, sql/011_stripe_hygiene.sql)
+makes every effect a function of what has been seen, not of the order it was seen in:
+`settle` moves the ledger to `least(credited, refunded + disputed)` taken back, in either
+direction.
 """
 
 from __future__ import annotations
@@ -23,6 +26,13 @@ from billing_gateway.platform.errors import IdempotencyConflict
 
 CREATED_BY = "stripe"
 
+# Refund statuses after which a refund gives nothing back to the customer's card: final,
+# and its reversal is undone. https://docs.stripe.com/api/refunds/object#refund_object-status
+VOIDED = ("failed", "canceled")
+# How far along a refund's status is; a status never moves back (events come in any order).
+# An unknown status counts as standing, like pending.
+_STATUS_RANK = {"pending": 0, "requires_action": 0, "succeeded": 1, "failed": 2, "canceled": 2}
+
 
 @dataclass
 class Payment:
@@ -36,6 +46,7 @@ class Payment:
     disputed_minor: int
     reversed_minor: int
     shortfall: Decimal
+    charge_refunded_minor: int
 
 
 def lock_payment(conn: psycopg.Connection, payment_intent_id: str) -> Payment:
@@ -45,7 +56,7 @@ def lock_payment(conn: psycopg.Connection, payment_intent_id: str) -> Payment:
     with conn.cursor(row_factory=class_row(Payment)) as cur:
         payment = cur.execute(
             "SELECT payment_intent_id, org_id, currency, credited_minor, refunded_minor,"
-            " disputed_minor, reversed_minor, shortfall"
+            " disputed_minor, reversed_minor, shortfall, charge_refunded_minor"
             " FROM stripe_payments WHERE payment_intent_id = %s FOR UPDATE",
             (payment_intent_id,)).fetchone()
     assert payment is not None
@@ -100,14 +111,45 @@ def credit_payment(conn: psycopg.Connection, payment_intent_id: str, org_id: UUI
 
 def record_refund(conn: psycopg.Connection, payment_intent_id: str,
                   amount_refunded_minor: int) -> str:
-    """Note a charge's cumulative refunded amount; take back the part not yet taken."""
+    """Note a charge's cumulative refunded amount (charge.refunded; the largest seen counts,
+    as events come in any order); take back the part not yet taken."""
     payment = lock_payment(conn, payment_intent_id)
-    if amount_refunded_minor <= payment.refunded_minor:
+    if amount_refunded_minor <= payment.charge_refunded_minor:
         return "refund_already_applied"
-    conn.execute("UPDATE stripe_payments SET refunded_minor = %s, updated_at = now()"
+    conn.execute("UPDATE stripe_payments SET charge_refunded_minor = %s, updated_at = now()"
                  " WHERE payment_intent_id = %s", (amount_refunded_minor, payment_intent_id))
-    payment.refunded_minor = amount_refunded_minor
+    payment.charge_refunded_minor = amount_refunded_minor
     return settle(conn, payment) or "refund_pending_credit"
+
+
+def record_refund_object(conn: psycopg.Connection, refund_id: str, payment_intent_id: str,
+                         amount_minor: int, status: str | None) -> str:
+    """Note one Refund's status (refund.created/updated/failed, charge.refund.updated); a
+    refund that failed or was canceled gives back what its reversal took, once.
+
+    A status only moves forward (pending, then succeeded, then failed; requires_action,
+    then canceled): a redelivered or late event of an earlier status changes nothing.
+    Outcomes: reversed, restored (credits given back), refund_recorded (nothing owed
+    changed), refund_already_recorded, refund_pending_credit (the payment is not credited
+    yet; its credit will apply what is known by then).
+    """
+    payment = lock_payment(conn, payment_intent_id)
+    status = status or "pending"
+    row = conn.execute("SELECT status FROM stripe_refunds WHERE id = %s",
+                       (refund_id,)).fetchone()
+    if row is None:
+        conn.execute("INSERT INTO stripe_refunds (id, payment_intent_id, amount_minor, status)"
+                     " VALUES (%s, %s, %s, %s)",
+                     (refund_id, payment_intent_id, amount_minor, status))
+    elif _STATUS_RANK.get(status, 0) > _STATUS_RANK.get(row[0], 0):
+        conn.execute("UPDATE stripe_refunds SET status = %s, updated_at = now() WHERE id = %s",
+                     (status, refund_id))
+    else:
+        return "refund_already_recorded"
+    outcome = settle(conn, payment, refund=(refund_id, status))
+    if outcome is not None:
+        return outcome
+    return "refund_pending_credit" if payment.credited_minor is None else "refund_recorded"
 
 
 def record_lost_dispute(conn: psycopg.Connection, dispute_id: str, payment_intent_id: str,
@@ -127,18 +169,58 @@ def record_lost_dispute(conn: psycopg.Connection, dispute_id: str, payment_inten
     return settle(conn, payment) or "dispute_pending_credit"
 
 
-def settle(conn: psycopg.Connection, payment: Payment) -> str | None:
-    """Write the reversal owed now: least(credited, refunded + disputed) - reversed.
+def _refunded_minor(conn: psycopg.Connection, payment: Payment) -> int:
+    """The refunded amount in effect: the larger of the charge's largest amount_refunded
+    less the refunds known to have failed or been canceled, and the refunds known one by
+    one that still stand.
 
-    Returns 'reversed' (or None when nothing is owed yet, say before the credit landed).
-    The balance never goes below zero: what it cannot cover is the payment's shortfall.
+    Each bound is at most the truth once every event has arrived (the charge's figure
+    counts a failed refund only until it fails), and the second is the truth when Stripe
+    sends refund.created, so a refund that fails is never taken back twice nor given back
+    twice. Without refund.created, a new refund on a charge whose earlier refund failed is
+    taken back only when an event of that refund itself arrives (docs/stripe.md).
     """
+    row = conn.execute(
+        "SELECT coalesce(sum(amount_minor) FILTER (WHERE status = ANY(%s)), 0),"
+        "       coalesce(sum(amount_minor) FILTER (WHERE status <> ALL(%s)), 0)"
+        " FROM stripe_refunds WHERE payment_intent_id = %s",
+        (list(VOIDED), list(VOIDED), payment.payment_intent_id)).fetchone()
+    assert row is not None
+    voided, standing = int(row[0]), int(row[1])
+    return max(payment.charge_refunded_minor - voided, standing, 0)
+
+
+def settle(conn: psycopg.Connection, payment: Payment,
+           refund: tuple[str, str] | None = None) -> str | None:
+    """Bring what the ledger took back to least(credited, refunded + disputed): take back
+    what is owed, or give back what a failed or canceled refund (`refund`: its id and
+    status) no longer owes.
+
+    Returns 'reversed', 'restored', or None when nothing changed (or nothing can yet,
+    before the credit lands). The balance never goes below zero: what a reversal cannot
+    take is the payment's shortfall, and a give-back forgives that shortfall first.
+    """
+    refunded = _refunded_minor(conn, payment)
+    if refunded != payment.refunded_minor:
+        conn.execute("UPDATE stripe_payments SET refunded_minor = %s, updated_at = now()"
+                     " WHERE payment_intent_id = %s", (refunded, payment.payment_intent_id))
+        payment.refunded_minor = refunded
     if payment.org_id is None or payment.credited_minor is None or payment.currency is None:
         return None
     owed_minor = (min(payment.credited_minor, payment.refunded_minor + payment.disputed_minor)
                   - payment.reversed_minor)
-    if owed_minor <= 0:
-        return None
+    if owed_minor > 0:
+        _reverse(conn, payment, owed_minor)
+        return "reversed"
+    if owed_minor < 0:
+        _give_back(conn, payment, -owed_minor, refund)
+        return "restored"
+    return None
+
+
+def _reverse(conn: psycopg.Connection, payment: Payment, owed_minor: int) -> None:
+    """Take back `owed_minor`: what the balance holds, the rest as shortfall."""
+    assert payment.org_id is not None and payment.currency is not None
     owed = money.from_minor_units(owed_minor, payment.currency)
     enter_org(conn, payment.org_id)
     row = conn.execute(
@@ -158,7 +240,36 @@ def settle(conn: psycopg.Connection, payment: Payment) -> str | None:
         (owed_minor, shortfall, payment.payment_intent_id))
     payment.reversed_minor += owed_minor
     payment.shortfall += shortfall
-    return "reversed"
+
+
+def _give_back(conn: psycopg.Connection, payment: Payment, excess_minor: int,
+               refund: tuple[str, str] | None) -> None:
+    """Undo `excess_minor` of what was taken back. The part never taken (the shortfall) is
+    forgiven first; the rest is credited as a `refund` row (credits given back to the
+    customer, CONTRACT.md) naming the payment and, in its metadata, the refund
+    (`stripe_refund`: the key by which verify-ledger tells these rows from any other
+    refund, billing_gateway/ledger/invariants.py)."""
+    assert payment.org_id is not None and payment.currency is not None
+    excess = money.from_minor_units(excess_minor, payment.currency)
+    forgiven = min(payment.shortfall, excess)
+    given = excess - forgiven
+    if given > 0:
+        enter_org(conn, payment.org_id)
+        credits.credit(
+            conn, payment.org_id, given, type="refund", payment_method="stripe",
+            payment_intent_id=payment.payment_intent_id,
+            description="Stripe refund failed or was canceled: credits given back",
+            created_by=CREATED_BY,
+            metadata={"stripe_refund": refund[0] if refund else None,
+                      "refund_status": refund[1] if refund else None,
+                      "requested": excess, "forgiven_shortfall": forgiven})
+        metrics.credited("stripe", "refund", given)
+    conn.execute(
+        "UPDATE stripe_payments SET reversed_minor = reversed_minor - %s,"
+        " shortfall = shortfall - %s, updated_at = now() WHERE payment_intent_id = %s",
+        (excess_minor, forgiven, payment.payment_intent_id))
+    payment.reversed_minor -= excess_minor
+    payment.shortfall -= forgiven
 
 
 def shortfalls(conn: psycopg.Connection) -> list[dict[str, object]]:

@@ -35,8 +35,17 @@ HANDLED_EVENTS = (
     "checkout.session.async_payment_failed",
     "checkout.session.expired",
     "charge.refunded",
+    "refund.created",
+    "refund.updated",
+    "refund.failed",
+    "charge.refund.updated",
     "charge.dispute.closed",
 )
+
+# Events whose object is a Refund: each is applied by the refund's id and status, so the
+# same change delivered by two of them (refund.failed and refund.updated both announce a
+# failure) is applied once. https://docs.stripe.com/api/events/types
+REFUND_EVENTS = ("refund.created", "refund.updated", "refund.failed", "charge.refund.updated")
 
 
 def verify(raw_body: bytes, signature: str | None, secrets: tuple[str, ...]) -> dict[str, Any]:
@@ -164,6 +173,14 @@ def apply(conn: psycopg.Connection, event: dict[str, Any],
         if intent is None:
             return "ignored_no_payment_intent", None
         return payments.record_refund(conn, intent, _minor_units(obj, "amount_refunded")), intent
+    if kind in REFUND_EVENTS:
+        intent = _payment_intent_id(obj.get("payment_intent"))
+        if intent is None:
+            return "ignored_no_payment_intent", None
+        status = obj.get("status")
+        return payments.record_refund_object(
+            conn, obj["id"], intent, _minor_units(obj, "amount"),
+            status if isinstance(status, str) else None), intent
     if kind == "charge.dispute.closed":
         intent = _payment_intent_id(obj.get("payment_intent"))
         if obj.get("status") != "lost" or intent is None:
