@@ -12,6 +12,7 @@ direction.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from decimal import Decimal
 from uuid import UUID
@@ -25,6 +26,8 @@ from billing_gateway.platform.db import enter_org
 from billing_gateway.platform.errors import IdempotencyConflict
 
 CREATED_BY = "stripe"
+
+log = logging.getLogger("billing_gateway.stripe")
 
 # Refund statuses after which a refund gives nothing back to the customer's card: final,
 # and its reversal is undone. https://docs.stripe.com/api/refunds/object#refund_object-status
@@ -102,6 +105,9 @@ def credit_payment(conn: psycopg.Connection, payment_intent_id: str, org_id: UUI
         (org_id, currency, amount_minor, payment_intent_id))
     payment.org_id, payment.currency, payment.credited_minor = org_id, currency, amount_minor
     settle(conn, payment)
+    for dispute_id, disputed_minor, dispute_currency in _disputes_in_other_currency(
+            conn, payment):  # lost before the credit landed, in another currency
+        _warn_dispute_currency(payment, dispute_id, disputed_minor, dispute_currency)
     if not result.is_duplicate:
         # Counted before the event's transaction commits: one that then rolls back is
         # counted again on Stripe's retry (rare; the ledger is the exact record).
@@ -153,20 +159,45 @@ def record_refund_object(conn: psycopg.Connection, refund_id: str, payment_inten
 
 
 def record_lost_dispute(conn: psycopg.Connection, dispute_id: str, payment_intent_id: str,
-                        amount_minor: int) -> str:
-    """Take back a lost dispute's amount, once per dispute."""
+                        amount_minor: int, currency: str) -> str:
+    """Take back a lost dispute's amount, once per dispute, if it is in the payment's
+    currency.
+
+    A dispute in another currency is recorded and not applied: its amount in minor units
+    of that currency says nothing exact about the payment's currency, so it waits for a
+    human (outcome dispute_currency_mismatch; `needs_review`). While the payment's currency
+    is unknown (its credit has not landed), the credit decides (see `settle`).
+    """
     payment = lock_payment(conn, payment_intent_id)
+    currency = currency.lower()
     added = conn.execute(
-        "INSERT INTO stripe_disputes (id, payment_intent_id, amount_minor) VALUES (%s, %s, %s)"
-        " ON CONFLICT (id) DO NOTHING RETURNING 1",
-        (dispute_id, payment_intent_id, amount_minor)).fetchone()
+        "INSERT INTO stripe_disputes (id, payment_intent_id, amount_minor, currency)"
+        " VALUES (%s, %s, %s, %s) ON CONFLICT (id) DO NOTHING RETURNING 1",
+        (dispute_id, payment_intent_id, amount_minor, currency)).fetchone()
     if not added:
         return "dispute_already_applied"
-    conn.execute("UPDATE stripe_payments SET disputed_minor = disputed_minor + %s,"
-                 " updated_at = now() WHERE payment_intent_id = %s",
-                 (amount_minor, payment_intent_id))
-    payment.disputed_minor += amount_minor
+    if payment.currency is not None and currency != payment.currency:
+        _warn_dispute_currency(payment, dispute_id, amount_minor, currency)
+        return "dispute_currency_mismatch"
     return settle(conn, payment) or "dispute_pending_credit"
+
+
+def _warn_dispute_currency(payment: Payment, dispute_id: str, amount_minor: int,
+                           currency: str) -> None:
+    log.warning("lost dispute %s of payment %s (org %s) is %s %s minor units, the payment is "
+                "in %s: not taken back; it needs a human (GET /api/billing/payments/shortfalls"
+                ", billing-gateway reconcile)", dispute_id, payment.payment_intent_id,
+                payment.org_id, amount_minor, currency, payment.currency)
+
+
+def _disputes_in_other_currency(conn: psycopg.Connection,
+                                payment: Payment) -> list[tuple[str, int, str]]:
+    """The payment's lost disputes in another currency than its own (id, amount, currency)."""
+    rows = conn.execute(
+        "SELECT id, amount_minor, currency FROM stripe_disputes WHERE payment_intent_id = %s"
+        " AND currency <> %s ORDER BY created_at",
+        (payment.payment_intent_id, payment.currency)).fetchall()
+    return [(row[0], row[1], row[2]) for row in rows]
 
 
 def _refunded_minor(conn: psycopg.Connection, payment: Payment) -> int:
@@ -190,6 +221,18 @@ def _refunded_minor(conn: psycopg.Connection, payment: Payment) -> int:
     return max(payment.charge_refunded_minor - voided, standing, 0)
 
 
+def _disputed_minor(conn: psycopg.Connection, payment: Payment) -> int:
+    """The lost disputes in the payment's currency (those recorded before disputes had a
+    currency, sql/011_stripe_hygiene.sql, were taken as the payment's). While the payment's
+    currency is unknown only those count: nothing is taken back before the credit anyway."""
+    row = conn.execute(
+        "SELECT coalesce(sum(amount_minor), 0) FROM stripe_disputes"
+        " WHERE payment_intent_id = %s AND (currency IS NULL OR currency = %s)",
+        (payment.payment_intent_id, payment.currency)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def settle(conn: psycopg.Connection, payment: Payment,
            refund: tuple[str, str] | None = None) -> str | None:
     """Bring what the ledger took back to least(credited, refunded + disputed): take back
@@ -200,11 +243,12 @@ def settle(conn: psycopg.Connection, payment: Payment,
     before the credit lands). The balance never goes below zero: what a reversal cannot
     take is the payment's shortfall, and a give-back forgives that shortfall first.
     """
-    refunded = _refunded_minor(conn, payment)
-    if refunded != payment.refunded_minor:
-        conn.execute("UPDATE stripe_payments SET refunded_minor = %s, updated_at = now()"
-                     " WHERE payment_intent_id = %s", (refunded, payment.payment_intent_id))
-        payment.refunded_minor = refunded
+    refunded, disputed = _refunded_minor(conn, payment), _disputed_minor(conn, payment)
+    if (refunded, disputed) != (payment.refunded_minor, payment.disputed_minor):
+        conn.execute("UPDATE stripe_payments SET refunded_minor = %s, disputed_minor = %s,"
+                     " updated_at = now() WHERE payment_intent_id = %s",
+                     (refunded, disputed, payment.payment_intent_id))
+        payment.refunded_minor, payment.disputed_minor = refunded, disputed
     if payment.org_id is None or payment.credited_minor is None or payment.currency is None:
         return None
     owed_minor = (min(payment.credited_minor, payment.refunded_minor + payment.disputed_minor)
@@ -270,6 +314,34 @@ def _give_back(conn: psycopg.Connection, payment: Payment, excess_minor: int,
         (excess_minor, forgiven, payment.payment_intent_id))
     payment.reversed_minor -= excess_minor
     payment.shortfall -= forgiven
+
+
+def needs_review(conn: psycopg.Connection) -> list[dict[str, object]]:
+    """Lost disputes in another currency than their payment's, not yet marked reviewed,
+    newest first: not taken back, for a human to settle (GET /payments/shortfalls,
+    reconcile)."""
+    with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        return cur.execute(
+            "SELECT 'dispute_currency_mismatch' AS kind, d.id AS dispute_id,"
+            " d.payment_intent_id, p.org_id, d.amount_minor, d.currency,"
+            " p.currency AS payment_currency, d.created_at"
+            " FROM stripe_disputes d JOIN stripe_payments p USING (payment_intent_id)"
+            " WHERE d.reviewed_at IS NULL AND d.currency <> p.currency"
+            " ORDER BY d.created_at DESC").fetchall()
+
+
+def mark_reviewed(conn: psycopg.Connection, dispute_id: str,
+                  reviewer: str) -> dict[str, object] | None:
+    """Record that a human settled a dispute in another currency (the first review stands);
+    None if no such dispute needs one."""
+    with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        return cur.execute(
+            "UPDATE stripe_disputes d SET reviewed_at = coalesce(d.reviewed_at, now()),"
+            " reviewed_by = coalesce(d.reviewed_by, %s)"
+            " FROM stripe_payments p WHERE d.id = %s"
+            " AND p.payment_intent_id = d.payment_intent_id AND d.currency <> p.currency"
+            " RETURNING d.id AS dispute_id, d.payment_intent_id, d.reviewed_at, d.reviewed_by",
+            (reviewer, dispute_id)).fetchone()
 
 
 def shortfalls(conn: psycopg.Connection) -> list[dict[str, object]]:

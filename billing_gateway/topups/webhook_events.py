@@ -186,7 +186,7 @@ def apply(conn: psycopg.Connection, event: dict[str, Any],
         if obj.get("status") != "lost" or intent is None:
             return f"dispute_{obj.get('status')}", intent
         outcome = payments.record_lost_dispute(conn, obj["id"], intent,
-                                               _minor_units(obj, "amount"))
+                                               _minor_units(obj, "amount"), obj["currency"])
         return outcome, intent
     return "ignored_event_type", None
 
