@@ -46,3 +46,9 @@ ALTER TABLE stripe_disputes
 CREATE INDEX idx_stripe_disputes_payment ON stripe_disputes (payment_intent_id);
 
 GRANT UPDATE (reviewed_at, reviewed_by) ON stripe_disputes TO billing_app;
+
+-- When a Checkout Session stops taking payments. The gateway asks for one hour
+-- (billing_gateway/topups/stripe_client.py) instead of Stripe's 24; a stored answer to
+-- /create-checkout is replayed only while its session can still be paid. NULL: made before
+-- this migration, with Stripe's default of 24 hours after creation.
+ALTER TABLE checkout_sessions ADD COLUMN expires_at timestamptz;

@@ -40,9 +40,12 @@ def checkout_session(*, org: uuid.UUID | None, amount_total: int, currency: str 
                      payment_intent: str | None = None, payment_status: str = "paid",
                      status: str = "complete", session_id: str | None = None,
                      metadata: dict[str, str] | None = None,
-                     expires_at: int = CREATED + 86400) -> dict[str, Any]:
-    """A Checkout Session in payment mode with one line item (hosted page)."""
+                     expires_at: int | None = None) -> dict[str, Any]:
+    """A Checkout Session in payment mode with one line item (hosted page), created now:
+    it expires after Stripe's default 24 hours unless `expires_at` says otherwise (the
+    gateway checks it against the clock)."""
     sid = session_id or f"cs_test_{secrets.token_hex(24)}"
+    created = int(time.time())
     return {
         "id": sid,
         "object": "checkout.session",
@@ -61,7 +64,7 @@ def checkout_session(*, org: uuid.UUID | None, amount_total: int, currency: str 
         "collected_information": {"shipping_details": None},
         "consent": None,
         "consent_collection": None,
-        "created": CREATED,
+        "created": created,
         "currency": currency,
         "currency_conversion": None,
         "custom_fields": [],
@@ -77,7 +80,7 @@ def checkout_session(*, org: uuid.UUID | None, amount_total: int, currency: str 
                              "phone": None, "tax_exempt": "none", "tax_ids": []},
         "customer_email": None,
         "discounts": [],
-        "expires_at": expires_at,
+        "expires_at": created + 86400 if expires_at is None else expires_at,
         "integration_identifier": None,
         "invoice": None,
         "invoice_creation": {"enabled": False, "invoice_data": {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -36,6 +37,12 @@ CHECKOUT_REQUEST_KEY = "checkout_request"
 # the endpoint with this version (docs/stripe.md, "Setting up in test mode").
 # https://docs.stripe.com/api/versioning, https://docs.stripe.com/webhooks/versioning
 STRIPE_API_VERSION = "2026-10-28.endive"
+
+# How long a Checkout Session takes payments: an hour, not Stripe's default of 24 (30
+# minutes to 24 hours are allowed). A customer pays within minutes or not at all, and a
+# payment link that works for a day is a day in which a forgotten tab can still pay.
+# https://docs.stripe.com/api/checkout/sessions/create#create_checkout_session-expires_at
+CHECKOUT_LIFETIME_SECONDS = 3600
 
 log = logging.getLogger("billing_gateway.stripe")
 
@@ -84,7 +91,8 @@ def create_checkout_session(
     The org is tagged on the session and on its PaymentIntent: Checkout's own metadata
     does not reach the PaymentIntent, and payment_intent.succeeded carries only the latter.
     The session also names the idempotency key of its request, so reconciliation can find
-    a session whose creation was never recorded (billing_gateway.topups.checkout).
+    a session whose creation was never recorded (billing_gateway.topups.checkout). It
+    expires after CHECKOUT_LIFETIME_SECONDS.
     https://docs.stripe.com/api/checkout/sessions/create
     """
     currency = settings.currency
@@ -104,6 +112,8 @@ def create_checkout_session(
         "client_reference_id": f"{SOURCE}:{org_id}",
         "metadata": {**tag(org_id), CHECKOUT_REQUEST_KEY: idempotency_key},
         "payment_intent_data": {"metadata": tag(org_id)},
+        # From our clock: a few minutes of skew against Stripe's stay well inside the bounds.
+        "expires_at": int(time.time()) + CHECKOUT_LIFETIME_SECONDS,
     }
     try:
         session = client.v1.checkout.sessions.create(

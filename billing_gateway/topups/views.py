@@ -30,6 +30,9 @@ _CHECKOUT = CheckoutResponse()
 @require_role(MEMBER, ADMIN)
 @blp.arguments(CheckoutRequest)
 @blp.response(201, CheckoutResponse)
+@blp.alt_response(409, description="The Idempotency-Key was used for another top-up, is "
+                  "still in progress, or its Checkout Session expired or its payment failed "
+                  "(idempotency_conflict: start a new top-up with a new key).")
 @blp.alt_response(502, description="Stripe refused, failed or did not answer in time "
                   "(payment_provider_error).")
 @blp.alt_response(503, description="No STRIPE_SECRET_KEY (stripe_not_configured), or too "
@@ -47,7 +50,9 @@ def create_checkout(args: dict[str, Any]) -> Response:
     topup = checkout.TopUpRequest(
         org, args["amount"], settings.currency, caller.subject,
         start.stripe_idempotency_key(caller.subject, org, request.headers.get("Idempotency-Key")))
-    session = start.create_session(settings, topup, replay=lambda conn: stored_answer(conn, org))
+    session = start.create_session(
+        settings, topup,
+        replay=lambda conn: start.payable_replay(conn, org, stored_answer(conn, org)))
     if isinstance(session, Response):
         return session
     # Claims the key with the answer; a retry that stored its answer first is replayed.
