@@ -1,9 +1,16 @@
-"""Stripe objects with the full field sets of Stripe's API reference (API version
-2025-03-31.basil), for stubbing Stripe's HTTP API and for webhook bodies.
+"""Stripe objects as API version 2026-10-28.endive renders them (the version the gateway
+pins: STRIPE_API_VERSION), for stubbing Stripe's HTTP API and for webhook bodies.
 
-https://docs.stripe.com/api/checkout/sessions/object, /api/payment_intents/object,
-/api/charges/object, /api/disputes/object, /api/events/object. Only ids, amounts,
-statuses and metadata vary between tests; every other field is as Stripe sends it.
+The field sets follow Stripe's OpenAPI spec of the release (stripe/openapi,
+latest/openapi.spec3.json, 2026-09-30.endive: within a release the monthly versions only
+add) and the classes stripe-python 16.1 generated from it: a property that is required or
+nullable is always present (null when it does not apply); one that is neither (a Checkout
+Session's `line_items`, a Charge's `refunds`, a Refund's `failure_reason`) is present only
+when asked for or when it applies. tests/topups/test_stripe_objects.py holds every field and
+enum value here against the installed SDK. Reference pages: https://docs.stripe.com/api/
+checkout/sessions/object, payment_intents/object, charges/object, refunds/object,
+disputes/object, events/object. Only ids, amounts, statuses and metadata vary between
+tests; every other field is as Stripe sends it.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import time
 import uuid
 from typing import Any
 
-API_VERSION = "2025-03-31.basil"
+API_VERSION = "2026-10-28.endive"
 CREATED = 1_764_000_000
 
 
@@ -32,15 +39,20 @@ def ours(org: uuid.UUID) -> dict[str, str]:
 def checkout_session(*, org: uuid.UUID | None, amount_total: int, currency: str = "usd",
                      payment_intent: str | None = None, payment_status: str = "paid",
                      status: str = "complete", session_id: str | None = None,
-                     metadata: dict[str, str] | None = None) -> dict[str, Any]:
-    """A Checkout Session in payment mode with one line item."""
+                     metadata: dict[str, str] | None = None,
+                     expires_at: int | None = None) -> dict[str, Any]:
+    """A Checkout Session in payment mode with one line item (hosted page), created now:
+    it expires after Stripe's default 24 hours unless `expires_at` says otherwise (the
+    gateway checks it against the clock)."""
     sid = session_id or f"cs_test_{secrets.token_hex(24)}"
+    created = int(time.time())
     return {
         "id": sid,
         "object": "checkout.session",
         "adaptive_pricing": {"enabled": False},
         "after_expiration": None,
         "allow_promotion_codes": None,
+        "allowed_payment_method_types": None,
         "amount_subtotal": amount_total,
         "amount_total": amount_total,
         "automatic_tax": {"enabled": False, "liability": None, "provider": None,
@@ -52,13 +64,14 @@ def checkout_session(*, org: uuid.UUID | None, amount_total: int, currency: str 
         "collected_information": {"shipping_details": None},
         "consent": None,
         "consent_collection": None,
-        "created": CREATED,
+        "created": created,
         "currency": currency,
         "currency_conversion": None,
         "custom_fields": [],
         "custom_text": {"after_submit": None, "shipping_address": None, "submit": None,
                         "terms_of_service_acceptance": None},
         "customer": None,
+        "customer_account": None,
         "customer_creation": "if_required",
         "customer_details": {"address": {"city": None, "country": "US", "line1": None,
                                          "line2": None, "postal_code": "94103",
@@ -67,15 +80,19 @@ def checkout_session(*, org: uuid.UUID | None, amount_total: int, currency: str 
                              "phone": None, "tax_exempt": "none", "tax_ids": []},
         "customer_email": None,
         "discounts": [],
-        "expires_at": CREATED + 86400,
+        "expires_at": created + 86400 if expires_at is None else expires_at,
+        "integration_identifier": None,
         "invoice": None,
         "invoice_creation": {"enabled": False, "invoice_data": {
             "account_tax_ids": None, "custom_fields": None, "description": None,
             "footer": None, "issuer": None, "metadata": {}, "rendering_options": None}},
         "livemode": False,
         "locale": None,
+        "managed_payments": None,
         "metadata": metadata if metadata is not None else (ours(org) if org else {}),
         "mode": "payment",
+        "optional_items": None,
+        "origin_context": None,
         "payment_intent": payment_intent,
         "payment_link": None,
         "payment_method_collection": "if_required",
@@ -85,7 +102,6 @@ def checkout_session(*, org: uuid.UUID | None, amount_total: int, currency: str 
         "payment_status": payment_status,
         "permissions": None,
         "phone_number_collection": {"enabled": False},
-        "presentment_details": None,
         "recovered_from": None,
         "saved_payment_method_options": None,
         "setup_intent": None,
@@ -98,7 +114,9 @@ def checkout_session(*, org: uuid.UUID | None, amount_total: int, currency: str 
         "success_url": ("http://localhost:8000/billing?success=true"
                         "&session_id={CHECKOUT_SESSION_ID}"),
         "total_details": {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
-        "ui_mode": "hosted",
+        # `hosted` until 2026-03-25.dahlia: https://docs.stripe.com/changelog/dahlia/
+        # 2026-03-25/updates-available-checkout-session-ui-modes
+        "ui_mode": "hosted_page",
         "url": f"https://checkout.stripe.com/c/pay/{sid}" if status == "open" else None,
         "wallet_options": None,
     }
@@ -127,6 +145,7 @@ def payment_intent(*, org: uuid.UUID | None, amount: int, currency: str = "usd",
         "created": CREATED,
         "currency": currency,
         "customer": None,
+        "customer_account": None,
         "description": None,
         "last_payment_error": None,
         "latest_charge": _id("ch") if status == "succeeded" else None,
@@ -220,6 +239,41 @@ def charge(*, intent: str, amount: int, amount_refunded: int = 0, currency: str 
     }
 
 
+def refund(*, intent: str, amount: int, status: str = "succeeded", currency: str = "usd",
+           refund_id: str | None = None) -> dict[str, Any]:
+    """A card Refund of a PaymentIntent's charge; failed ones say why (as Stripe's do)."""
+    obj: dict[str, Any] = {
+        "id": refund_id or _id("re"),
+        "object": "refund",
+        "amount": amount,
+        "balance_transaction": _id("txn"),
+        "charge": _id("ch"),
+        "created": CREATED,
+        "currency": currency,
+        "customer": None,
+        "customer_account": None,
+        "destination_details": {"card": {"reference": "123456789012",
+                                         "reference_status": "available",
+                                         "reference_type": "acquirer_reference_number",
+                                         "type": "refund"},
+                                "type": "card"},
+        "metadata": {},
+        "payment_intent": intent,
+        "payment_method": _id("pm"),
+        "reason": "requested_by_customer",
+        "receipt_number": None,
+        "source_transfer_reversal": None,
+        "status": status,
+        "transfer_reversal": None,
+    }
+    if status == "failed":
+        obj["failure_balance_transaction"] = _id("txn")
+        obj["failure_reason"] = "expired_or_canceled_card"
+    if status == "pending":
+        obj["pending_reason"] = "processing"
+    return obj
+
+
 def dispute(*, intent: str, amount: int, status: str = "lost",
             currency: str = "usd") -> dict[str, Any]:
     """A closed dispute on a PaymentIntent's charge."""
@@ -262,15 +316,20 @@ def dispute(*, intent: str, amount: int, status: str = "lost",
     }
 
 
-def event(kind: str, obj: dict[str, Any], *, event_id: str | None = None) -> dict[str, Any]:
-    """An Event envelope around an object, as a webhook delivers it."""
+def event(kind: str, obj: dict[str, Any], *, event_id: str | None = None,
+          previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An Event envelope around an object, as a webhook delivers it; `previous` is what an
+    `*.updated` event carries as data.previous_attributes (the only events that have it)."""
+    data: dict[str, Any] = {"object": obj}
+    if previous is not None:
+        data["previous_attributes"] = previous
     return {
         "id": event_id or _id("evt"),
         "object": "event",
         "api_version": API_VERSION,
         "context": None,
         "created": CREATED,
-        "data": {"object": obj, "previous_attributes": None},
+        "data": data,
         "livemode": False,
         "pending_webhooks": 1,
         "request": {"id": None, "idempotency_key": None},

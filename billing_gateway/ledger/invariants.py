@@ -98,34 +98,47 @@ _CHECKS = {
          WHERE type = 'purchase' AND payment_intent_id IS NOT NULL
            AND (%(org)s::uuid IS NULL OR org_id = %(org)s::uuid)
          GROUP BY payment_intent_id HAVING count(*) > 1""",
+    # A reversal can be given back (a Stripe refund that failed or was canceled): a
+    # `refund` row of the payment whose metadata names the refund (`stripe_refund`,
+    # billing_gateway/topups/payments.py). A refund can fail and the charge be refunded
+    # again, so reversals alone may add up to more than the purchase; what is taken back
+    # net of what was given back may not, and more is never given back than was taken.
     "reversals never exceed their purchase": """
-        SELECT org_id, format('%%s: purchase %%s, reversed %%s', payment_intent_id,
-                              coalesce(purchased, 0), reversed)
+        SELECT org_id, format('%%s: purchase %%s, reversed %%s, given back %%s',
+                              payment_intent_id, coalesce(purchased, 0), reversed, given_back)
           FROM (SELECT org_id, payment_intent_id,
                        sum(amount) FILTER (WHERE type = 'purchase') AS purchased,
-                       -sum(amount) FILTER (WHERE type = 'reversal') AS reversed
+                       coalesce(-sum(amount) FILTER (WHERE type = 'reversal'), 0) AS reversed,
+                       coalesce(sum(amount) FILTER (WHERE type = 'refund'), 0) AS given_back
                   FROM billing_transactions
-                 WHERE payment_intent_id IS NOT NULL AND type IN ('purchase', 'reversal')
+                 WHERE payment_intent_id IS NOT NULL
+                   AND (type IN ('purchase', 'reversal')
+                        OR (type = 'refund' AND metadata ? 'stripe_refund'))
                    AND (%(org)s::uuid IS NULL OR org_id = %(org)s::uuid)
                  GROUP BY org_id, payment_intent_id) p
-         WHERE reversed > coalesce(purchased, 0)""",
+         WHERE reversed - given_back > coalesce(purchased, 0) OR given_back > reversed""",
+    # reversed_minor is what is taken back net of what was given back, shortfall included.
     "Stripe payment state matches the ledger": """
         SELECT p.org_id, format('%%s: credited_minor %%s but purchase %%s; reversed_minor %%s'
-                                ' but reversals %%s + shortfall %%s',
+                                ' but reversals %%s - given back %%s + shortfall %%s',
                                 p.payment_intent_id, p.credited_minor, t.purchased,
-                                p.reversed_minor, coalesce(t.reversed, 0), p.shortfall)
+                                p.reversed_minor, coalesce(t.reversed, 0),
+                                coalesce(t.given_back, 0), p.shortfall)
           FROM stripe_payments p
           LEFT JOIN (SELECT payment_intent_id,
                             sum(amount) FILTER (WHERE type = 'purchase') AS purchased,
-                            -sum(amount) FILTER (WHERE type = 'reversal') AS reversed
+                            -sum(amount) FILTER (WHERE type = 'reversal') AS reversed,
+                            sum(amount) FILTER (WHERE type = 'refund') AS given_back
                        FROM billing_transactions
-                      WHERE type IN ('purchase', 'reversal') AND payment_intent_id IS NOT NULL
+                      WHERE payment_intent_id IS NOT NULL
+                        AND (type IN ('purchase', 'reversal')
+                             OR (type = 'refund' AND metadata ? 'stripe_refund'))
                       GROUP BY payment_intent_id) t USING (payment_intent_id)
          WHERE p.credited_minor IS NOT NULL
            AND (%(org)s::uuid IS NULL OR p.org_id = %(org)s::uuid)
            AND (t.purchased IS DISTINCT FROM p.credited_minor
                     * power(10::numeric, -EXPONENT)
-                OR coalesce(t.reversed, 0) + p.shortfall
+                OR coalesce(t.reversed, 0) - coalesce(t.given_back, 0) + p.shortfall
                    <> p.reversed_minor * power(10::numeric, -EXPONENT))""".replace(
                        "EXPONENT", _exponent_sql("p.currency")),
     "every stored Stripe event processed": """

@@ -98,17 +98,57 @@ def record_request(conn: psycopg.Connection, request: TopUpRequest) -> None:
         raise IdempotencyConflict("This Idempotency-Key was already used for another top-up")
 
 
+class CheckoutExpired(IdempotencyConflict):
+    """The Checkout Session this request's Idempotency-Key made can no longer be paid."""
+
+
 def record_session(conn: psycopg.Connection, request: TopUpRequest,
                    session: dict[str, Any]) -> None:
     """Record the session Stripe created, and settle the request with it."""
+    expires_at = session.get("expires_at")
     conn.execute(
-        "INSERT INTO checkout_sessions (id, org_id, amount, currency, created_by)"
-        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
-        (session["id"], request.org_id, request.amount, request.currency, request.created_by))
+        "INSERT INTO checkout_sessions (id, org_id, amount, currency, created_by, expires_at)"
+        " VALUES (%s, %s, %s, %s, %s, to_timestamp(%s)) ON CONFLICT (id) DO NOTHING",
+        (session["id"], request.org_id, request.amount, request.currency, request.created_by,
+         expires_at if isinstance(expires_at, int) else None))
     conn.execute(
         "UPDATE checkout_requests SET status = 'created', session_id = %s, error = NULL,"
         " updated_at = now() WHERE stripe_idempotency_key = %s",
         (session["id"], request.stripe_idempotency_key))
+
+
+def refuse_unpayable(conn: psycopg.Connection, org_id: uuid.UUID, session_id: str) -> None:
+    """Raise CheckoutExpired if one of the org's sessions can no longer be paid: expired by
+    Stripe (checkout.session.expired) or by its time, or its payment failed. A paid session
+    can be shown again; so can one the gateway has no record of (nothing to judge by).
+
+    A replayed answer must not hand out a dead payment page, and a new session under the
+    same Idempotency-Key would be a different answer to the same key (CONTRACT.md): the
+    caller is told to start a new top-up with a new key instead.
+    """
+    require_tenant(org_id)
+    row = conn.execute(
+        "SELECT status, coalesce(expires_at, created_at + interval '24 hours'),"
+        "       coalesce(expires_at, created_at + interval '24 hours') <= now()"
+        " FROM checkout_sessions WHERE id = %s AND org_id = %s",
+        (session_id, org_id)).fetchone()
+    if row is None:
+        return
+    status, expires_at, past = row
+    if status == "payment_failed":
+        raise CheckoutExpired("The payment of the Checkout Session made for this "
+                              "Idempotency-Key failed; start a new top-up with a new "
+                              "Idempotency-Key")
+    if status == "expired" or (status == "open" and past):
+        raise expired(expires_at)
+
+
+def expired(expires_at: dt.datetime) -> CheckoutExpired:
+    """The refusal of a session that expired at `expires_at`."""
+    return CheckoutExpired(
+        "The Checkout Session made for this Idempotency-Key expired at "
+        f"{expires_at.astimezone(dt.UTC):%Y-%m-%dT%H:%M:%SZ} and can no longer be paid; "
+        "start a new top-up with a new Idempotency-Key")
 
 
 def record_failure(conn: psycopg.Connection, request: TopUpRequest, error: str) -> None:

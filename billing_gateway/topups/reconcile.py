@@ -4,7 +4,8 @@ Webhooks can be missed (an outage longer than Stripe's retries, a misconfigured
 endpoint). This pages through Stripe's succeeded PaymentIntents, credits the tagged ones
 the ledger lacks through the same idempotent path as the webhook, and processes again the
 stored events whose processing failed. It also settles top-up requests left pending by a
-crash between recording them and recording Stripe's session (billing_gateway.topups.checkout).
+crash between recording them and recording Stripe's session (billing_gateway.topups.checkout),
+and reports the lost disputes in another currency that no one has marked reviewed.
 """
 
 from __future__ import annotations
@@ -84,6 +85,14 @@ def run(settings: Settings, dsn: str, since: dt.timedelta,
             report.reprocessed.append(event["id"])
             say(f"processed stored event {event['id']} ({event['type']}): {outcome}")
         settle_checkout_requests(client, conn, created_after, report, say)
+        with stripe_transaction(conn):
+            to_review = payments.needs_review(conn)
+        for item in to_review:  # however old: each stays until an admin marks it reviewed
+            report.unrepaired.append(str(item["dispute_id"]))
+            say(f"lost dispute {item['dispute_id']} of payment {item['payment_intent_id']} "
+                f"(org {item['org_id']}) is {item['amount_minor']} {item['currency']} minor "
+                f"units, the payment is in {item['payment_currency']}: not taken back; settle "
+                "it by hand, then POST /api/billing/payments/disputes/<id>/reviewed")
     say(f"checked {report.checked} tagged succeeded payments since "
         f"{dt.datetime.fromtimestamp(created_after, dt.UTC):%Y-%m-%d %H:%M} UTC; "
         f"repaired {len(report.repaired)}, reprocessed {len(report.reprocessed)} events, "

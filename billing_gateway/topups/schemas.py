@@ -44,7 +44,32 @@ class Shortfall(Schema):
     updated_at = UtcDateTime(data_key="updatedAt")
 
 
+class ReviewItem(Schema):
+    """Something Stripe sent that the gateway did not apply and a human must settle: a lost
+    dispute in another currency than its payment's (kind dispute_currency_mismatch)."""
+
+    kind = fields.String(required=True, metadata={"example": "dispute_currency_mismatch"})
+    dispute_id = fields.String(data_key="disputeId", required=True)
+    payment_intent_id = fields.String(data_key="paymentIntentId", required=True)
+    org_id = fields.UUID(data_key="orgId", allow_none=True)
+    amount_minor = fields.Integer(data_key="amountMinor", required=True)
+    currency = fields.String(required=True)
+    payment_currency = fields.String(data_key="paymentCurrency", required=True)
+    created_at = UtcDateTime(data_key="createdAt")
+
+
 class ShortfallList(Schema):
-    """Every payment with a shortfall, newest first."""
+    """Every payment with a shortfall, and what needs a human, newest first."""
 
     shortfalls = fields.List(fields.Nested(Shortfall), required=True)
+    needs_review = fields.List(fields.Nested(ReviewItem), data_key="needsReview",
+                               required=True)
+
+
+class DisputeReviewed(Schema):
+    """A dispute in another currency, marked settled by a human."""
+
+    dispute_id = fields.String(data_key="disputeId", required=True)
+    payment_intent_id = fields.String(data_key="paymentIntentId", required=True)
+    reviewed_at = UtcDateTime(data_key="reviewedAt", required=True)
+    reviewed_by = fields.String(data_key="reviewedBy", required=True)

@@ -4,7 +4,9 @@ Stripe is waited on: billing_gateway.topups.checkout)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import time
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
@@ -14,7 +16,7 @@ import psycopg
 import stripe
 from flask import Response, current_app
 
-from billing_gateway.platform import money
+from billing_gateway.platform import json_codec, money
 from billing_gateway.platform.config import Settings
 from billing_gateway.platform.db import get_db, release_db, tenant_transaction
 from billing_gateway.platform.errors import PaymentProviderError, ValidationFailed
@@ -71,7 +73,7 @@ def create_session(
             checkout.record_request(conn, topup)
         release_db()
         try:
-            return stripe_client.create_checkout_session(
+            session = stripe_client.create_checkout_session(
                 client, settings, topup.org_id, topup.amount, topup.stripe_idempotency_key)
         except stripe_client.StripeOutcomeUnknown:
             raise  # Stripe may have made the session: pending, for a retry or reconcile
@@ -79,3 +81,30 @@ def create_session(
             with tenant_transaction(get_db(), topup.org_id, topup.created_by) as conn:
                 checkout.record_failure(conn, topup, exc.message)
             raise
+        _refuse_if_expired(topup, session)
+        return session
+
+
+def _refuse_if_expired(topup: checkout.TopUpRequest, session: dict[str, Any]) -> None:
+    """Stripe answers a repeated idempotency key with its first answer for 24 hours
+    (https://docs.stripe.com/api/idempotent_requests), and a session lives one: a retry of
+    a request whose answer was never stored (a crash after Stripe) can get back a session
+    that has expired since. It is recorded (the request is settled) and refused, as a
+    stored answer would be (checkout.refuse_unpayable)."""
+    expires_at = session.get("expires_at")
+    if isinstance(expires_at, int) and expires_at <= time.time():
+        with tenant_transaction(get_db(), topup.org_id, topup.created_by) as conn:
+            checkout.record_session(conn, topup, session)
+        raise checkout.expired(dt.datetime.fromtimestamp(expires_at, dt.UTC))
+
+
+def payable_replay(conn: psycopg.Connection, org_id: uuid.UUID,
+                   answer: Response | None) -> Response | None:
+    """A stored /create-checkout answer, unless its session can no longer be paid (then
+    checkout.CheckoutExpired: 409, start a new top-up with a new Idempotency-Key)."""
+    if answer is not None and answer.status_code == 201:
+        body = json_codec.loads(answer.get_data(as_text=True))
+        session_id = body.get("sessionId") if isinstance(body, dict) else None
+        if isinstance(session_id, str):
+            checkout.refuse_unpayable(conn, org_id, session_id)
+    return answer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -26,6 +27,23 @@ PRODUCT_NAME = "SMS credits"
 # Session metadata naming the request that created it (checkout_requests).
 CHECKOUT_REQUEST_KEY = "checkout_request"
 
+# The Stripe API version this service speaks, sent as Stripe-Version on every request: the
+# version the installed stripe-python (16.1.0) was generated for (stripe.api_version), so
+# the SDK's types and Stripe's answers agree. Within one release ("endive") Stripe's monthly
+# versions add fields but break nothing, so a later stripe 16.x (pyproject.toml) still
+# speaks it; a new SDK major brings a new release, and this pin must move with it, on
+# purpose (tests/topups/test_stripe_version.py fails until it does).
+# Webhook events are rendered in the version of the webhook endpoint, not this one: create
+# the endpoint with this version (docs/stripe.md, "Setting up in test mode").
+# https://docs.stripe.com/api/versioning, https://docs.stripe.com/webhooks/versioning
+STRIPE_API_VERSION = "2026-10-28.endive"
+
+# How long a Checkout Session takes payments: an hour, not Stripe's default of 24 (30
+# minutes to 24 hours are allowed). A customer pays within minutes or not at all, and a
+# payment link that works for a day is a day in which a forgotten tab can still pay.
+# https://docs.stripe.com/api/checkout/sessions/create#create_checkout_session-expires_at
+CHECKOUT_LIFETIME_SECONDS = 3600
+
 log = logging.getLogger("billing_gateway.stripe")
 
 
@@ -44,6 +62,7 @@ def make_client(settings: Settings) -> stripe.StripeClient:
     # The SDK retries network failures and 409/429/5xx itself, with the idempotency key
     # of the first attempt: https://docs.stripe.com/api/idempotent_requests
     return stripe.StripeClient(settings.stripe_secret_key, base_addresses=base,
+                               stripe_version=STRIPE_API_VERSION,
                                max_network_retries=settings.stripe_max_retries,
                                http_client=http_client)
 
@@ -72,7 +91,8 @@ def create_checkout_session(
     The org is tagged on the session and on its PaymentIntent: Checkout's own metadata
     does not reach the PaymentIntent, and payment_intent.succeeded carries only the latter.
     The session also names the idempotency key of its request, so reconciliation can find
-    a session whose creation was never recorded (billing_gateway.topups.checkout).
+    a session whose creation was never recorded (billing_gateway.topups.checkout). It
+    expires after CHECKOUT_LIFETIME_SECONDS.
     https://docs.stripe.com/api/checkout/sessions/create
     """
     currency = settings.currency
@@ -92,6 +112,8 @@ def create_checkout_session(
         "client_reference_id": f"{SOURCE}:{org_id}",
         "metadata": {**tag(org_id), CHECKOUT_REQUEST_KEY: idempotency_key},
         "payment_intent_data": {"metadata": tag(org_id)},
+        # From our clock: a few minutes of skew against Stripe's stay well inside the bounds.
+        "expires_at": int(time.time()) + CHECKOUT_LIFETIME_SECONDS,
     }
     try:
         session = client.v1.checkout.sessions.create(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import Response, current_app, request
@@ -10,12 +11,13 @@ from billing_gateway.ledger.writes import ledger_write, stored_answer
 from billing_gateway.platform import rate_limits
 from billing_gateway.platform.auth import ADMIN, MEMBER, current_caller, require_role, resolve_org
 from billing_gateway.platform.db import get_db, stripe_transaction
-from billing_gateway.platform.errors import ValidationFailed
+from billing_gateway.platform.errors import NotFound, ValidationFailed
 from billing_gateway.platform.http import blueprint
 from billing_gateway.topups import checkout, payments, start, webhook_events
 from billing_gateway.topups.schemas import (
     CheckoutRequest,
     CheckoutResponse,
+    DisputeReviewed,
     ShortfallList,
     WebhookAck,
 )
@@ -28,6 +30,9 @@ _CHECKOUT = CheckoutResponse()
 @require_role(MEMBER, ADMIN)
 @blp.arguments(CheckoutRequest)
 @blp.response(201, CheckoutResponse)
+@blp.alt_response(409, description="The Idempotency-Key was used for another top-up, is "
+                  "still in progress, or its Checkout Session expired or its payment failed "
+                  "(idempotency_conflict: start a new top-up with a new key).")
 @blp.alt_response(502, description="Stripe refused, failed or did not answer in time "
                   "(payment_provider_error).")
 @blp.alt_response(503, description="No STRIPE_SECRET_KEY (stripe_not_configured), or too "
@@ -45,7 +50,9 @@ def create_checkout(args: dict[str, Any]) -> Response:
     topup = checkout.TopUpRequest(
         org, args["amount"], settings.currency, caller.subject,
         start.stripe_idempotency_key(caller.subject, org, request.headers.get("Idempotency-Key")))
-    session = start.create_session(settings, topup, replay=lambda conn: stored_answer(conn, org))
+    session = start.create_session(
+        settings, topup,
+        replay=lambda conn: start.payable_replay(conn, org, stored_answer(conn, org)))
     if isinstance(session, Response):
         return session
     # Claims the key with the answer; a retry that stored its answer first is replayed.
@@ -97,6 +104,29 @@ def stripe_webhook() -> dict[str, bool]:
 @blp.response(200, ShortfallList)
 def list_shortfalls() -> dict[str, Any]:
     """Payments refunded or lost in dispute after their credits were spent: the part the
-    balance could not cover (the reversal took what was there)."""
+    balance could not cover (the reversal took what was there); and lost disputes in
+    another currency than their payment's, not taken back, for a human to settle."""
     with stripe_transaction(get_db()) as conn:
-        return {"shortfalls": payments.shortfalls(conn)}
+        return {"shortfalls": payments.shortfalls(conn),
+                "needs_review": payments.needs_review(conn)}
+
+
+# Stripe's ids: a prefix and letters or digits (anything else names no dispute).
+_DISPUTE_ID = re.compile(r"^du_[A-Za-z0-9]{1,250}$")
+
+
+@blp.route("/payments/disputes/<string:dispute_id>/reviewed", methods=["POST"])
+@require_role(ADMIN)
+@blp.response(200, DisputeReviewed)
+@blp.alt_response(404, description="No dispute in another currency has this id.")
+def mark_dispute_reviewed(dispute_id: str) -> dict[str, Any]:
+    """Mark a lost dispute in another currency as settled by hand (say, with an adjustment):
+    it leaves needsReview and no longer fails `billing-gateway reconcile`. Marking it again
+    keeps the first review."""
+    if not _DISPUTE_ID.match(dispute_id):
+        raise NotFound("No dispute in another currency has this id")
+    with stripe_transaction(get_db()) as conn:
+        reviewed = payments.mark_reviewed(conn, dispute_id, current_caller().subject)
+    if reviewed is None:
+        raise NotFound("No dispute in another currency has this id")
+    return reviewed

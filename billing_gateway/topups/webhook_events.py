@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 from billing_gateway.platform.db import enter_org, stripe_transaction
 from billing_gateway.platform.errors import StripeNotConfigured, ValidationFailed
 from billing_gateway.topups import payments
-from billing_gateway.topups.stripe_client import tagged_org
+from billing_gateway.topups.stripe_client import STRIPE_API_VERSION, tagged_org
 
 log = logging.getLogger("billing_gateway.stripe")
 
@@ -35,8 +35,17 @@ HANDLED_EVENTS = (
     "checkout.session.async_payment_failed",
     "checkout.session.expired",
     "charge.refunded",
+    "refund.created",
+    "refund.updated",
+    "refund.failed",
+    "charge.refund.updated",
     "charge.dispute.closed",
 )
+
+# Events whose object is a Refund: each is applied by the refund's id and status, so the
+# same change delivered by two of them (refund.failed and refund.updated both announce a
+# failure) is applied once. https://docs.stripe.com/api/events/types
+REFUND_EVENTS = ("refund.created", "refund.updated", "refund.failed", "charge.refund.updated")
 
 
 def verify(raw_body: bytes, signature: str | None, secrets: tuple[str, ...]) -> dict[str, Any]:
@@ -66,7 +75,28 @@ def verify(raw_body: bytes, signature: str | None, secrets: tuple[str, ...]) -> 
             raise ValueError("not a Stripe event object")
     except (ValueError, AttributeError, RecursionError) as exc:
         raise ValidationFailed(f"The body is not a Stripe event: {exc}") from exc
+    _check_api_version(event)
     return event
+
+
+def _release(version: str) -> str:
+    """The release of an API version: 'endive' of '2026-10-28.endive' ('' before acacia)."""
+    return version.partition(".")[2]
+
+
+def _check_api_version(event: dict[str, Any]) -> None:
+    """Warn when an event is rendered in another API release than the one the service
+    speaks: its objects may lack fields or carry values of another release (a Checkout
+    Session's ui_mode was `hosted` before dahlia). Stripe renders an event in the webhook
+    endpoint's API version (https://docs.stripe.com/webhooks/versioning), so the fix is the
+    endpoint's setting (docs/stripe.md). The event is still processed: the fields the
+    gateway reads (ids, amounts, currency, status, metadata) are long-standing ones, and
+    refusing it would only pile up Stripe's retries until someone reads this line."""
+    version = event.get("api_version")
+    if isinstance(version, str) and _release(version) != _release(STRIPE_API_VERSION):
+        log.warning("stripe event %s is rendered in API version %s, not %s: set the webhook "
+                    "endpoint's API version to %s", event["id"], version, STRIPE_API_VERSION,
+                    STRIPE_API_VERSION)
 
 
 def _claim(conn: psycopg.Connection, event: dict[str, Any]) -> bool:
@@ -143,12 +173,20 @@ def apply(conn: psycopg.Connection, event: dict[str, Any],
         if intent is None:
             return "ignored_no_payment_intent", None
         return payments.record_refund(conn, intent, _minor_units(obj, "amount_refunded")), intent
+    if kind in REFUND_EVENTS:
+        intent = _payment_intent_id(obj.get("payment_intent"))
+        if intent is None:
+            return "ignored_no_payment_intent", None
+        status = obj.get("status")
+        return payments.record_refund_object(
+            conn, obj["id"], intent, _minor_units(obj, "amount"),
+            status if isinstance(status, str) else None), intent
     if kind == "charge.dispute.closed":
         intent = _payment_intent_id(obj.get("payment_intent"))
         if obj.get("status") != "lost" or intent is None:
             return f"dispute_{obj.get('status')}", intent
         outcome = payments.record_lost_dispute(conn, obj["id"], intent,
-                                               _minor_units(obj, "amount"))
+                                               _minor_units(obj, "amount"), obj["currency"])
         return outcome, intent
     return "ignored_event_type", None
 

@@ -55,6 +55,10 @@ DROP POLICY IF EXISTS stripe_disputes_scope ON stripe_disputes;
 CREATE POLICY stripe_disputes_scope ON stripe_disputes
     USING (billing_current_scope() = 'stripe') WITH CHECK (billing_current_scope() = 'stripe');
 
+DROP POLICY IF EXISTS stripe_refunds_scope ON stripe_refunds;
+CREATE POLICY stripe_refunds_scope ON stripe_refunds
+    USING (billing_current_scope() = 'stripe') WITH CHECK (billing_current_scope() = 'stripe');
+
 DROP POLICY IF EXISTS checkout_requests_tenant ON checkout_requests;
 CREATE POLICY checkout_requests_tenant ON checkout_requests
     USING (org_id = billing_current_org()) WITH CHECK (org_id = billing_current_org());

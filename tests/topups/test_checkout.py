@@ -3,6 +3,7 @@ responses), with exactly the parameters a top-up needs."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from decimal import Decimal
 from urllib.parse import parse_qs
@@ -47,6 +48,9 @@ def test_checkout_sends_what_a_top_up_needs(client: FlaskClient, auth: TokenFact
     assert call.request.headers["Authorization"] == f"Bearer {STRIPE_TEST_KEY}"
     assert call.request.headers["Idempotency-Key"].startswith("billing-gateway-checkout-")
     form = _form(call)
+    # An hour to pay (Stripe's default is 24): test_checkout_expiry.py
+    expires_at = int(form.pop("expires_at")[0])
+    assert expires_at == pytest.approx(time.time() + 3600, abs=60)
     assert form == {
         "mode": ["payment"],
         "line_items[0][quantity]": ["1"],
