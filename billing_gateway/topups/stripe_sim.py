@@ -305,13 +305,21 @@ class StripeSim:
             return _Answer(self._new_customer(params))
 
     def update_customer(self, customer_id: str, params: dict[str, Any]) -> _Answer:
-        """Update a Customer: metadata merged (an empty value unsets its key), email, name,
-        description, the invoices' default payment method."""
+        """Update a Customer: metadata merged (an empty value unsets its key, an empty
+        `metadata` all of them), email, name, description, the invoices' default payment
+        method. https://docs.stripe.com/api/customers/update"""
         with self.lock:
             customer = self.customers.get(customer_id)
             if customer is None:
                 return _missing("customer", customer_id)
-            for key, value in params.get("metadata", {}).items():
+            default = params.get("invoice_settings", {}).get("default_payment_method")
+            if default and default not in self.payment_methods:
+                return _missing("PaymentMethod", default,
+                                "invoice_settings[default_payment_method]")
+            metadata = params.get("metadata", {})
+            if metadata == "":
+                customer["metadata"] = {}
+            for key, value in dict(metadata).items():
                 if value == "":
                     customer["metadata"].pop(key, None)
                 else:
@@ -319,11 +327,7 @@ class StripeSim:
             for name in ("email", "name", "description"):
                 if name in params:
                     customer[name] = params[name] or None
-            default = params.get("invoice_settings", {}).get("default_payment_method")
             if default is not None:
-                if default and default not in self.payment_methods:
-                    return _missing("PaymentMethod", default,
-                                    "invoice_settings[default_payment_method]")
                 customer["invoice_settings"]["default_payment_method"] = default or None
             return _Answer(customer)
 

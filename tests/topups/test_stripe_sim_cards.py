@@ -141,6 +141,18 @@ def test_an_unknown_customer_is_resource_missing(sim: Sim) -> None:
     assert (missing.value.http_status, missing.value.code) == (404, "resource_missing")
 
 
+def test_a_customer_update_merges_metadata_and_sets_the_default_card(sim: Sim) -> None:
+    customer, card = _saved_card(sim)
+    updated = sim.client.v1.customers.update(customer, {
+        "metadata": {"org_id": "", "plan": "pro"},
+        "invoice_settings": {"default_payment_method": card}})
+    assert updated.metadata.to_dict() == {"source": "billing-gateway", "plan": "pro"}
+    assert updated.invoice_settings.default_payment_method == card
+    sim.client.v1.payment_methods.detach(card)
+    found = sim.client.v1.customers.retrieve(customer)
+    assert found.invoice_settings.default_payment_method is None
+
+
 def test_paying_a_session_that_saves_the_card_attaches_it_to_the_customer(sim: Sim) -> None:
     customer = sim.client.v1.customers.create({"metadata": TAG})
     session = _checkout(sim, customer=customer.id,
