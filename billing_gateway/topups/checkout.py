@@ -75,12 +75,14 @@ class StripeSlots:
         return StripeBusy(self.retry_after)
 
 
-def record_request(conn: psycopg.Connection, request: TopUpRequest) -> None:
+def record_request(conn: psycopg.Connection, request: TopUpRequest) -> dt.datetime:
     """Record the request before Stripe is called; a retry with the same key takes up its
     request again (pending, and fresh for reconcile's staleness) unless it was settled.
 
     The Stripe key does not cover the amount: the same key with another amount would be
-    refused by Stripe (400) as a 502, so it is refused here first, as 409.
+    refused by Stripe (400) as a 502, so it is refused here first, as 409. Returns when the
+    request was first recorded: the session's expiry is counted from it, so a retry sends
+    Stripe the very same parameters (a replayed key with other parameters is refused).
     """
     conn.execute("INSERT INTO organizations (id) VALUES (%s) ON CONFLICT DO NOTHING",
                  (request.org_id,))
@@ -91,11 +93,14 @@ def record_request(conn: psycopg.Connection, request: TopUpRequest) -> None:
         "  status = CASE WHEN checkout_requests.status = 'created' THEN 'created'"
         "                ELSE 'pending' END,"
         "  updated_at = now()"
-        " RETURNING org_id, amount, currency, created_by",
+        " RETURNING org_id, amount, currency, created_by, created_at",
         (request.stripe_idempotency_key, request.org_id, request.amount, request.currency,
          request.created_by)).fetchone()
-    if recorded != (request.org_id, request.amount, request.currency, request.created_by):
+    if recorded is None or recorded[:4] != (request.org_id, request.amount, request.currency,
+                                            request.created_by):
         raise IdempotencyConflict("This Idempotency-Key was already used for another top-up")
+    first_recorded: dt.datetime = recorded[4]
+    return first_recorded
 
 
 class CheckoutExpired(IdempotencyConflict):

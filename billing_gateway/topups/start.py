@@ -70,11 +70,12 @@ def create_session(
                 return answer
             if not held:
                 raise slots.busy()
-            checkout.record_request(conn, topup)
+            requested_at = checkout.record_request(conn, topup)
         release_db()
         try:
             session = stripe_client.create_checkout_session(
-                client, settings, topup.org_id, topup.amount, topup.stripe_idempotency_key)
+                client, settings, topup.org_id, topup.amount, topup.stripe_idempotency_key,
+                requested_at=requested_at)
         except stripe_client.StripeOutcomeUnknown:
             raise  # Stripe may have made the session: pending, for a retry or reconcile
         except PaymentProviderError as exc:

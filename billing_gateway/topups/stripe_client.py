@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 import uuid
@@ -84,7 +85,7 @@ def tagged_org(metadata: Any) -> uuid.UUID | None:
 
 def create_checkout_session(
     client: stripe.StripeClient, settings: Settings, org_id: uuid.UUID, amount: Decimal,
-    idempotency_key: str,
+    idempotency_key: str, *, requested_at: dt.datetime | None = None,
 ) -> dict[str, Any]:
     """Create a one-item Checkout Session in payment mode for `amount` of credits.
 
@@ -92,7 +93,8 @@ def create_checkout_session(
     does not reach the PaymentIntent, and payment_intent.succeeded carries only the latter.
     The session also names the idempotency key of its request, so reconciliation can find
     a session whose creation was never recorded (billing_gateway.topups.checkout). It
-    expires after CHECKOUT_LIFETIME_SECONDS.
+    expires CHECKOUT_LIFETIME_SECONDS after `requested_at` (when the request was first
+    recorded, so every retry of it sends the same parameters; default: now).
     https://docs.stripe.com/api/checkout/sessions/create
     """
     currency = settings.currency
@@ -113,7 +115,8 @@ def create_checkout_session(
         "metadata": {**tag(org_id), CHECKOUT_REQUEST_KEY: idempotency_key},
         "payment_intent_data": {"metadata": tag(org_id)},
         # From our clock: a few minutes of skew against Stripe's stay well inside the bounds.
-        "expires_at": int(time.time()) + CHECKOUT_LIFETIME_SECONDS,
+        "expires_at": int((requested_at.timestamp() if requested_at is not None
+                           else time.time()) + CHECKOUT_LIFETIME_SECONDS),
     }
     try:
         session = client.v1.checkout.sessions.create(

@@ -21,7 +21,7 @@ from flask import Flask
 
 from billing_gateway import create_app
 from billing_gateway.platform.config import Settings
-from billing_gateway.topups import reconcile
+from billing_gateway.topups import reconcile, stripe_client
 from tests import stripe_objects
 from tests.plugins.service import TokenFactory
 
@@ -211,7 +211,7 @@ def session_records_fail(owner_conn: psycopg.Connection) -> Iterator[Callable[[]
 def test_a_crash_after_stripe_is_settled_by_a_retry_with_the_same_key(
         make_app: Callable[..., Flask], auth: TokenFactory, org: uuid.UUID,
         owner_conn: psycopg.Connection, stripe_api: responses.RequestsMock,
-        session_records_fail: Callable[[], None]) -> None:
+        session_records_fail: Callable[[], None], monkeypatch: pytest.MonkeyPatch) -> None:
     app = make_app()
     session = _session(org)
     stripe_api.add(responses.POST, STRIPE_SESSIONS, json=session)
@@ -221,11 +221,17 @@ def test_a_crash_after_stripe_is_settled_by_a_retry_with_the_same_key(
     assert owner_conn.execute("SELECT status FROM checkout_requests WHERE org_id = %s",
                               (org,)).fetchall() == [("pending",)]
     session_records_fail()
+    # The retry comes ten minutes later, by the clock the service reads.
+    later = time.time() + 600
+    monkeypatch.setattr(stripe_client.time, "time", lambda: later)
     retried = app.test_client().post(CHECKOUT, headers=headers, json={"amount": "50.00"})
     assert retried.status_code == 201
     assert retried.get_json()["sessionId"] == session["id"]
     keys = {call.request.headers["Idempotency-Key"] for call in stripe_api.calls}
     assert len(stripe_api.calls) == 2 and len(keys) == 1  # Stripe answers one key once
+    # ...and only for the same parameters: the retry's expires_at is the first one's.
+    bodies = {call.request.body for call in stripe_api.calls}
+    assert len(bodies) == 1 and "expires_at" in str(bodies)
     assert owner_conn.execute(
         "SELECT r.status, count(s.id) FROM checkout_requests r"
         " LEFT JOIN checkout_sessions s ON s.id = r.session_id WHERE r.org_id = %s"
