@@ -21,7 +21,7 @@ import psycopg
 
 from billing_gateway.ledger import invariants
 from billing_gateway.platform import embedded
-from billing_gateway.platform.auth import ADMIN, MEMBER, ROLES, issue_token
+from billing_gateway.platform.auth import ADMIN, MEMBER, ROLES, SERVICE, issue_token
 from billing_gateway.platform.config import ConfigError, Settings, load_settings, warn_if_dev_secret
 from billing_gateway.platform.errors import BillingError
 from billing_gateway.platform.local_server import LocalServer
@@ -75,18 +75,23 @@ def _print_quickstart(settings: Settings, bind: str) -> None:
                          lifetime=dt.timedelta(days=7))
     admin = issue_token(settings, org_id=None, role=ADMIN, subject="demo-admin",
                         lifetime=dt.timedelta(days=7))
+    sender = issue_token(settings, org_id=None, role=SERVICE, subject="demo-sms-sender",
+                         lifetime=dt.timedelta(days=7))
     base = f"http://{bind}/api/billing"
     print(f"""
 billing-gateway on http://{bind}   (OpenAPI: http://{bind}/openapi.json)
 Demo organization: {org}
 MEMBER_TOKEN={member}
 ADMIN_TOKEN={admin}
+SERVICE_TOKEN={sender}
 
 Try:
   curl -s -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' \\
        -d '{{"amount": 25.00, "orgId": "{org}"}}' {base}/add-funds
   curl -s -H "Authorization: Bearer $MEMBER_TOKEN" {base}/balance
   curl -s -H "Authorization: Bearer $MEMBER_TOKEN" '{base}/transactions?limit=10'
+  curl -s -H "Authorization: Bearer $SERVICE_TOKEN" -H 'Content-Type: application/json' \\
+       -d '{{"orgId": "{org}", "smsCount": 1, "messageId": "try-1"}}' {base}/deduct
 
 The customer billing page: ask for a one-time link (valid 5 minutes) and open its "url":
   curl -s -X POST -H "Authorization: Bearer $MEMBER_TOKEN" {base}/portal-sessions
