@@ -149,6 +149,14 @@ def check_receiver_url(url: str, *, allow_private: bool) -> str:
         netloc += f":{port}"
     normalized = urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
     if allow_private:
+        # Loopback and private receivers allowed (tests, a local try-out); link-local never.
+        try:
+            literal: IPAddress | None = ipaddress.ip_address(ascii_host)
+        except ValueError:
+            literal = None  # a name: the connect-time check looks at what it resolves to
+        reason = never_allowed(literal) if literal is not None else None
+        if reason is not None:
+            raise ReceiverRefused(f"the host {ascii_host} is {reason}; never allowed")
         return normalized
     default_port = 443 if scheme == "https" else 80
     try:
@@ -258,13 +266,24 @@ def _connect(host: str, port: int, socket_options: Any) -> socket.socket:
     raise DeliveryFailed(f"could not connect to the receiver ({last_error.strerror or 'error'})")
 
 
+def never_allowed(address: IPAddress) -> str | None:
+    """Why no setting lets webhooks go to this address (link-local: the cloud metadata
+    service at 169.254.169.254 hands out credentials), or None."""
+    if isinstance(address, ipaddress.IPv6Address):
+        inner = _embedded_ipv4(address)
+        if inner is not None:
+            return never_allowed(inner)
+    if address.is_link_local:
+        return "a link-local address (this includes cloud metadata services)"
+    return None
+
+
 def _check_peer(sock: socket.socket, attempt: _Attempt) -> None:
-    """Refuse the connection if the address actually connected to is not a public one."""
-    if attempt.allow_private:
-        return
+    """Refuse the connection if the address actually connected to is not a public one
+    (with BILLING_WEBHOOK_ALLOW_PRIVATE: if it is link-local)."""
     # getpeername, not the address we asked for: it is the one the kernel connected.
     peer = ipaddress.ip_address(sock.getpeername()[0])
-    reason = address_refusal(peer)
+    reason = never_allowed(peer) if attempt.allow_private else address_refusal(peer)
     if reason is not None:
         # Nothing has been sent yet: the connection ends before the first byte of the request.
         sock.close()

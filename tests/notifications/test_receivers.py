@@ -364,3 +364,22 @@ def test_dns_rebinding_is_refused_at_connect_time(receiver: Receiver,
     with pytest.raises(ReceiverRefused, match=r"receiver's address 127\.0\.0\.1"):
         post(url, BODY, HEADERS, timeout=5, allow_private=False)
     assert receiver.requests == []
+
+
+def test_connect_time_check_refuses_link_local_even_with_private_allowed() -> None:
+    """The metadata service's range is never a receiver: checked on the connected peer."""
+    attempt = receivers._Attempt(allow_private=True, deadline=time.monotonic() + 5, timeout=5)
+
+    class Peer:
+        closed = False
+
+        def getpeername(self) -> tuple[str, int]:
+            return ("169.254.169.254", 80)
+
+        def close(self) -> None:
+            self.closed = True
+
+    peer = Peer()
+    with pytest.raises(receivers.ReceiverRefused, match="link-local"):
+        receivers._check_peer(peer, attempt)  # type: ignore[arg-type]  # a socket's two calls
+    assert peer.closed

@@ -336,3 +336,19 @@ def test_an_attempt_in_progress_is_never_claimed_by_a_second_worker(
         assert attempt.result(10) == "delivered"
     assert deliveries.attempt_next(worker_conn, settings) is None  # delivered: nothing due
     assert len(receiver.received) == 1
+
+
+@pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data",
+                                 "http://[fe80::1]/hook", "http://169.254.170.2/v2/credentials"])
+def test_the_cloud_metadata_address_is_refused_even_when_private_ones_are_allowed(
+        client: FlaskClient, auth: TokenFactory, settings: Settings, url: str) -> None:
+    assert settings.webhook_allow_private
+    answer = client.post(ENDPOINTS, headers=auth("admin"), json={
+        "url": url, "events": ["balance.low"]})
+    assert answer.status_code == 400, answer.get_json()
+    assert "link-local" in answer.get_json()["error"]["fields"]["url"][0]
+
+
+def test_loopback_stays_allowed_when_private_ones_are(client: FlaskClient, auth: TokenFactory,
+                                                      receiver: Receiver) -> None:
+    assert add_endpoint(client, auth, receiver.url)["url"] == receiver.url
