@@ -46,6 +46,7 @@ class TopUpRequest:
     currency: str
     created_by: str
     stripe_idempotency_key: str
+    save_card: bool = False  # save the card to the org's Stripe Customer
 
 
 class StripeSlots:

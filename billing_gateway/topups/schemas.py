@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields
 
 from billing_gateway.platform.schemas import Money, MoneyOut, UtcDateTime
+
+
+class StrictBoolean(fields.Boolean):
+    """true or false only: marshmallow's Boolean also takes 0, 1, "yes", "on"..."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValidationError("Not a valid boolean.")
+        return value
 
 
 class CheckoutRequest(Schema):
@@ -14,6 +25,9 @@ class CheckoutRequest(Schema):
         "example": 50.00,
         "description": "Whole cents, between BILLING_MIN_TOPUP and BILLING_MAX_TOPUP."})
     org_id = fields.UUID(data_key="orgId", metadata={"description": "Admins only."})
+    save_card = StrictBoolean(data_key="saveCard", load_default=False, metadata={
+        "description": "Save the card to the org's Stripe customer for later off-session "
+                       "top-ups."})
 
 
 class CheckoutResponse(Schema):

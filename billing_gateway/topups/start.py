@@ -20,7 +20,7 @@ from billing_gateway.platform import json_codec, money
 from billing_gateway.platform.config import Settings
 from billing_gateway.platform.db import get_db, release_db, tenant_transaction
 from billing_gateway.platform.errors import PaymentProviderError, ValidationFailed
-from billing_gateway.topups import checkout, stripe_client
+from billing_gateway.topups import checkout, customers, stripe_client
 
 
 def check_amount(settings: Settings, amount: Decimal) -> None:
@@ -35,12 +35,15 @@ def check_amount(settings: Settings, amount: Decimal) -> None:
         raise ValidationFailed("Top-up amount invalid", fields={"amount": [str(exc)]}) from exc
 
 
-def stripe_idempotency_key(caller: str, org: uuid.UUID, key: str | None) -> str:
+def stripe_idempotency_key(caller: str, org: uuid.UUID, key: str | None,
+                           save_card: bool = False) -> str:
     """The key for Stripe's API: the caller's own key (scoped to caller and org, so two
-    callers' keys never meet in our Stripe account), else a fresh one per request."""
+    callers' keys never meet in our Stripe account), else a fresh one per request. Saving
+    the card asks Stripe for other parameters, so it is another key."""
     if key is None:
         return f"{stripe_client.SOURCE}-checkout-{uuid.uuid4()}"
-    digest = hashlib.sha256(f"{caller}\0{org}\0{key}".encode()).hexdigest()[:40]
+    scope = f"{caller}\0{org}\0{key}" + ("\0save-card" if save_card else "")
+    digest = hashlib.sha256(scope.encode()).hexdigest()[:40]
     return f"{stripe_client.SOURCE}-checkout-{digest}"
 
 
@@ -73,9 +76,11 @@ def create_session(
             requested_at = checkout.record_request(conn, topup)
         release_db()
         try:
+            customer = (customers.ensure_customer(client, topup.org_id, topup.created_by)
+                        if topup.save_card else None)
             session = stripe_client.create_checkout_session(
                 client, settings, topup.org_id, topup.amount, topup.stripe_idempotency_key,
-                requested_at=requested_at)
+                requested_at=requested_at, customer=customer)
         except stripe_client.StripeOutcomeUnknown:
             raise  # Stripe may have made the session: pending, for a retry or reconcile
         except PaymentProviderError as exc:

@@ -86,6 +86,7 @@ def tagged_org(metadata: Any) -> uuid.UUID | None:
 def create_checkout_session(
     client: stripe.StripeClient, settings: Settings, org_id: uuid.UUID, amount: Decimal,
     idempotency_key: str, *, requested_at: dt.datetime | None = None,
+    customer: str | None = None,
 ) -> dict[str, Any]:
     """Create a one-item Checkout Session in payment mode for `amount` of credits.
 
@@ -118,6 +119,11 @@ def create_checkout_session(
         "expires_at": int((requested_at.timestamp() if requested_at is not None
                            else time.time()) + CHECKOUT_LIFETIME_SECONDS),
     }
+    if customer is not None:
+        # Save the card to the org's Customer for later off-session top-ups.
+        # https://docs.stripe.com/payments/checkout/save-during-payment
+        params["customer"] = customer
+        params["payment_intent_data"]["setup_future_usage"] = "off_session"
     try:
         session = client.v1.checkout.sessions.create(
             params,  # type: ignore[arg-type]  # a plain dict is what the SDK sends
@@ -127,6 +133,17 @@ def create_checkout_session(
         raise provider_error(exc) from exc
     result: dict[str, Any] = session.to_dict()
     return result
+
+
+def create_customer(client: stripe.StripeClient, org_id: uuid.UUID) -> str:
+    """Create the org's Stripe Customer, tagged; the key makes a concurrent or repeated
+    call answer the same Customer (for Stripe's 24 hours of idempotency)."""
+    try:
+        customer = client.v1.customers.create(
+            {"metadata": tag(org_id)}, {"idempotency_key": f"{SOURCE}-customer-{org_id}"})
+    except stripe.StripeError as exc:
+        raise provider_error(exc) from exc
+    return str(customer.id)
 
 
 class StripeOutcomeUnknown(PaymentProviderError):

@@ -49,7 +49,9 @@ def create_checkout(args: dict[str, Any]) -> Response:
     org = resolve_org(caller, args.get("org_id"))
     topup = checkout.TopUpRequest(
         org, args["amount"], settings.currency, caller.subject,
-        start.stripe_idempotency_key(caller.subject, org, request.headers.get("Idempotency-Key")))
+        start.stripe_idempotency_key(caller.subject, org, request.headers.get("Idempotency-Key"),
+                                     args["save_card"]),
+        save_card=args["save_card"])
     session = start.create_session(
         settings, topup,
         replay=lambda conn: start.payable_replay(conn, org, stored_answer(conn, org)))

@@ -71,3 +71,8 @@ DROP POLICY IF EXISTS checkout_requests_reconcile_abandon ON checkout_requests;
 CREATE POLICY checkout_requests_reconcile_abandon ON checkout_requests FOR UPDATE
     USING (billing_current_scope() = 'stripe')
     WITH CHECK (billing_current_scope() = 'stripe' AND status = 'abandoned');
+
+-- An org's Stripe Customer is its own; the webhook path reads it in the 'stripe' scope.
+DROP POLICY IF EXISTS stripe_customers_tenant ON stripe_customers;
+CREATE POLICY stripe_customers_tenant ON stripe_customers
+    USING (org_id = billing_current_org()) WITH CHECK (org_id = billing_current_org());

@@ -4,6 +4,7 @@ default check and both valid and invalid data. Stripe's API is stubbed (response
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -42,6 +43,11 @@ def served(settings: Settings) -> Iterator[str]:
     with responses.RequestsMock(assert_all_requests_are_fired=False) as stripe_api:
         stripe_api.add(responses.POST, "https://api.stripe.com/v1/checkout/sessions",
                        json=session)
+        # A new Customer each time, as Stripe makes for each org's own key.
+        stripe_api.add_callback(responses.POST, "https://api.stripe.com/v1/customers",
+                                callback=lambda _request: (200, {}, json.dumps({
+                                    "id": f"cus_{uuid.uuid4().hex[:14]}",
+                                    "object": "customer", "metadata": {}})))
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         server = make_server("127.0.0.1", 0, app, threaded=True)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
