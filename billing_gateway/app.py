@@ -10,7 +10,7 @@ from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from billing_gateway import ledger, notifications, platform, portal, topups, usage
+from billing_gateway import autotopup, ledger, notifications, platform, portal, topups, usage
 from billing_gateway.platform import auth, db, logs, metrics, rate_limits
 from billing_gateway.platform.config import Settings, load_settings
 from billing_gateway.platform.errors import handle_http_exception, register_error_handlers
@@ -88,7 +88,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
 
     api = BillingApi(app)
     # Each domain registers itself; platform first (the others stand on it).
-    for domain in (platform, ledger, usage, topups, notifications, portal):
+    for domain in (platform, ledger, usage, topups, notifications, autotopup, portal):
         domain.init_app(app, api, settings)
     # After every view exists: it exempts the probes and the webhook by endpoint name.
     app.extensions["billing_limiter"] = rate_limits.init_app(app, settings)

@@ -136,7 +136,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     with _fresh_metrics_dir():
         # In the metrics directory too, so serve's /metrics counts its deliveries.
-        worker = _start_worker(dsn) if settings.database_url is None else None
+        worker = _start_worker(dsn, settings) if settings.database_url is None else None
         try:
             Server().run()
         finally:
@@ -277,12 +277,16 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _start_worker(dsn: str) -> subprocess.Popen[bytes]:
+def _start_worker(dsn: str, settings: Settings) -> subprocess.Popen[bytes]:
     """serve on the embedded database: one worker beside the web server, in its own
-    process (not a thread of gunicorn's arbiter, whose forks would share its connections)."""
+    process (not a thread of gunicorn's arbiter, whose forks would share its connections).
+    It charges auto top-ups through the same Stripe as serve (stripe-sim, when serve runs
+    one)."""
+    stripe_env = {"STRIPE_SECRET_KEY": settings.stripe_secret_key or "",
+                  "STRIPE_API_BASE": settings.stripe_api_base or ""}
     return subprocess.Popen(  # noqa: S603  # our own command, no shell
         [sys.executable, "-m", "billing_gateway.cli", "worker", "--parent-pid", str(os.getpid())],
-        env={**os.environ, "DATABASE_URL": dsn})
+        env={**os.environ, **{k: v for k, v in stripe_env.items() if v}, "DATABASE_URL": dsn})
 
 
 def build_parser() -> argparse.ArgumentParser:

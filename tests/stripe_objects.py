@@ -348,3 +348,65 @@ def sign(body: bytes, secret: str, *, timestamp: int | None = None,
 def body(evt: dict[str, Any]) -> bytes:
     """An event serialized as Stripe sends it (pretty-printed JSON)."""
     return json.dumps(evt, indent=2).encode()
+
+
+def payment_method(*, customer: str | None, method_id: str | None = None, brand: str = "visa",
+                   last4: str = "4242", exp_month: int = 12, exp_year: int = 2030
+                   ) -> dict[str, Any]:
+    """A card PaymentMethod (https://docs.stripe.com/api/payment_methods/object)."""
+    return {
+        "id": method_id or _id("pm"),
+        "object": "payment_method",
+        "allow_redisplay": "unspecified",
+        "billing_details": {"address": {"city": None, "country": None, "line1": None,
+                                        "line2": None, "postal_code": None, "state": None},
+                            "email": None, "name": None, "phone": None, "tax_id": None},
+        "card": {"brand": brand, "checks": {"address_line1_check": None,
+                                            "address_postal_code_check": None,
+                                            "cvc_check": "pass"},
+                 "country": "US", "display_brand": brand, "exp_month": exp_month,
+                 "exp_year": exp_year, "fingerprint": "Xt5EWLLDS7FJjR1c", "funding": "credit",
+                 "generated_from": None, "last4": last4,
+                 "networks": {"available": [brand], "preferred": None},
+                 "regulated_status": "unregulated",
+                 "three_d_secure_usage": {"supported": True}, "wallet": None},
+        "created": CREATED,
+        "customer": customer,
+        "livemode": False,
+        "metadata": {},
+        "type": "card",
+    }
+
+
+# Stripe's card errors for an off-session charge, as its API answers them (HTTP 402):
+# https://docs.stripe.com/declines/codes, https://docs.stripe.com/error-codes
+CARD_ERRORS = {
+    "card_declined": ("insufficient_funds", "Your card has insufficient funds."),
+    "authentication_required": ("authentication_required",
+                                "Your card was declined. This transaction requires "
+                                "authentication."),
+    "expired_card": (None, "Your card has expired."),
+}
+
+
+def card_error(code: str, intent: dict[str, Any]) -> dict[str, Any]:
+    """The 402 body of a declined off-session PaymentIntent: a card_error with code and
+    decline_code, naming the PaymentIntent it left in requires_payment_method with its
+    last_payment_error."""
+    decline_code, message = CARD_ERRORS[code]
+    error: dict[str, Any] = {
+        "charge": _id("ch"),
+        "code": code,
+        "doc_url": f"https://stripe.com/docs/error-codes/{code.replace('_', '-')}",
+        "message": message,
+        "param": None,
+        "request_log_url": "https://dashboard.stripe.com/test/logs/req_sim",
+        "type": "card_error",
+    }
+    if decline_code is not None:
+        error["decline_code"] = decline_code
+    failed = {**intent, "status": "requires_payment_method", "amount_received": 0,
+              "latest_charge": error["charge"], "last_payment_error": {
+                  k: v for k, v in error.items() if k != "request_log_url"}}
+    error["payment_intent"] = failed
+    return {"error": error}

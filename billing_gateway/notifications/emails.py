@@ -81,8 +81,9 @@ _TEXTS: dict[str, _Text] = {
     "auto_topup.failed": _Text(
         "Automatic top-up failed: your SMS credit balance is {balance}",
         "Your balance fell to its recharge point, but charging your saved card failed.",
-        "Update your card or add funds on your billing page: once the balance reaches zero,"
-        " new messages cannot be sent.",
+        "Add funds on your billing page, saving a card: once the balance reaches zero, new"
+        " messages cannot be sent. After three failures in a row, automatic top-ups pause"
+        " until you do.",
         ("balance",)),
 }
 EVENT_TYPES = frozenset(_TEXTS)

@@ -1,4 +1,5 @@
-"""`billing-gateway worker`: threads that fan events out and attempt deliveries until stopped.
+"""`billing-gateway worker`: threads that fan events out, attempt deliveries and charge auto
+top-ups until stopped.
 
 Stopping (SIGTERM, SIGINT) lets each thread finish the attempt in hand, then exit; nothing
 is claimed after the signal. A LISTEN on billing_outbox wakes the threads when an event
@@ -15,9 +16,11 @@ from collections.abc import Callable
 
 import psycopg
 
+from billing_gateway.autotopup import attempts as auto_topups
 from billing_gateway.notifications import deliveries
 from billing_gateway.platform.config import Settings
 from billing_gateway.platform.db import as_app_role
+from billing_gateway.topups import stripe_client
 
 POLL_SECONDS = 1.0
 log = logging.getLogger(__name__)
@@ -33,6 +36,9 @@ class Worker:
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.on_attempt = on_attempt
+        # Auto top-ups charge through Stripe; without a key there is nothing to charge with.
+        self.stripe = (stripe_client.make_client(settings) if settings.stripe_secret_key
+                       else None)
 
     def run(self) -> None:
         """Work until `stop` is set, then wait for every attempt in hand to end."""
@@ -59,6 +65,8 @@ class Worker:
                         if self.stop.is_set():  # told to stop while dispatching: claim nothing
                             break
                         outcome = deliveries.attempt_next(conn, self.settings, rng)
+                        if outcome is None and self.stripe is not None:
+                            outcome = auto_topups.attempt_next(conn, self.settings, self.stripe)
                         if outcome is not None:
                             if self.on_attempt is not None:
                                 self.on_attempt(outcome)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Collection, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from decimal import Decimal
 from time import monotonic
@@ -163,24 +163,32 @@ def tenant_set_transaction(
 
 
 @contextmanager
-def stripe_transaction(conn: psycopg.Connection) -> Iterator[psycopg.Connection]:
-    """Run a transaction in the 'stripe' scope: Stripe's records (events, payments) are
-    visible; an org's ledger only after enter_org() names it, as in any request."""
+def scope_transaction(conn: psycopg.Connection, scope: str,
+                      caller: str) -> Iterator[psycopg.Connection]:
+    """Run a transaction in a named scope (the tables its policies open to that scope); an
+    org's ledger only after enter_org() names it, as in any request."""
     with conn.transaction(), _tenants(()):
-        conn.execute("SELECT set_config('billing.scope', 'stripe', true),"
-                     " set_config('billing.caller', 'stripe', true)")
+        conn.execute("SELECT set_config('billing.scope', %s, true),"
+                     " set_config('billing.caller', %s, true)", (scope, caller))
         yield conn
 
 
-@contextmanager
-def notifications_transaction(conn: psycopg.Connection,
-                              caller: str = "notifications") -> Iterator[psycopg.Connection]:
-    """Run a transaction in the 'notifications' scope: the outbox, webhook endpoints and
-    deliveries (the worker, the admin API); no org's ledger."""
-    with conn.transaction(), _tenants(()):
-        conn.execute("SELECT set_config('billing.scope', 'notifications', true),"
-                     " set_config('billing.caller', %s, true)", (caller,))
-        yield conn
+def stripe_transaction(conn: psycopg.Connection) -> AbstractContextManager[psycopg.Connection]:
+    """The 'stripe' scope: Stripe's records (events, payments)."""
+    return scope_transaction(conn, "stripe", "stripe")
+
+
+def notifications_transaction(
+        conn: psycopg.Connection, caller: str = "notifications",
+) -> AbstractContextManager[psycopg.Connection]:
+    """The 'notifications' scope: the outbox, webhook endpoints and deliveries (the worker,
+    the admin API); no org's ledger."""
+    return scope_transaction(conn, "notifications", caller)
+
+
+def autotopup_transaction(conn: psycopg.Connection) -> AbstractContextManager[psycopg.Connection]:
+    """The 'autotopup' scope: every org's auto top-up attempts (the worker finds due ones)."""
+    return scope_transaction(conn, "autotopup", "autotopup")
 
 
 def enter_org(conn: psycopg.Connection, org_id: UUID) -> None:

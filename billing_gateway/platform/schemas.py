@@ -104,6 +104,15 @@ def text_field(max_length: int, **kwargs: Any) -> fields.String:
                          metadata=metadata, **kwargs)
 
 
+class StrictBoolean(fields.Boolean):
+    """true or false only: marshmallow's Boolean also takes 0, 1, "yes", "on"..."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValidationError("Not a valid boolean.")
+        return value
+
+
 class OrgQuery(Schema):
     """Which org to read; admins and the SMS sender name it, members need not."""
 

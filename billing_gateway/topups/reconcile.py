@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import psycopg
 import stripe
 
+from billing_gateway.autotopup import cards
 from billing_gateway.platform.config import Settings
 from billing_gateway.platform.db import as_app_role, enter_org, stripe_transaction
 from billing_gateway.topups import checkout, payments, stripe_client, webhook_events
@@ -64,10 +65,11 @@ def run(settings: Settings, dsn: str, since: dt.timedelta,
             if org is None:
                 continue
             report.checked += 1
+            found = intent.to_dict()
+            card = cards.card_to_save(lambda: client, found)
             with stripe_transaction(conn):
-                outcome = payments.credit_payment(
-                    conn, intent.id, org, intent.amount_received, intent.currency,
-                    settlement_currency=settings.currency, origin="reconcile")
+                outcome = webhook_events.credit_intent(conn, found, settings.currency,
+                                                       "reconcile", card)
             if outcome == "credited":
                 report.repaired.append(intent.id)
                 say(f"credited missed payment {intent.id}: {intent.amount_received} "
@@ -77,7 +79,8 @@ def run(settings: Settings, dsn: str, since: dt.timedelta,
                 say(f"NOT credited {intent.id} (org {org}): {outcome}")
         for event in webhook_events.unprocessed(conn):
             try:
-                outcome = webhook_events.process(conn, event, settings.currency)
+                card = cards.card_to_save(lambda: client, event["data"]["object"])
+                outcome = webhook_events.process(conn, event, settings.currency, card)
             except Exception as exc:
                 report.unrepaired.append(event["id"])
                 say(f"event {event['id']} ({event['type']}) still fails: {exc}")

@@ -2,20 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from marshmallow import Schema, fields
 
-from marshmallow import Schema, ValidationError, fields
-
-from billing_gateway.platform.schemas import Money, MoneyOut, UtcDateTime
-
-
-class StrictBoolean(fields.Boolean):
-    """true or false only: marshmallow's Boolean also takes 0, 1, "yes", "on"..."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
-        if not isinstance(value, bool):
-            raise ValidationError("Not a valid boolean.")
-        return value
+from billing_gateway.platform.schemas import Money, MoneyOut, StrictBoolean, UtcDateTime
 
 
 class CheckoutRequest(Schema):

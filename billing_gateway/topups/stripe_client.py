@@ -27,6 +27,8 @@ SOURCE = "billing-gateway"
 PRODUCT_NAME = "SMS credits"
 # Session metadata naming the request that created it (checkout_requests).
 CHECKOUT_REQUEST_KEY = "checkout_request"
+# PaymentIntent metadata naming the auto top-up attempt it pays (auto_topup_attempts).
+AUTO_TOPUP_KEY = "auto_topup_attempt"
 
 # The Stripe API version this service speaks, sent as Stripe-Version on every request: the
 # version the installed stripe-python (16.1.0) was generated for (stripe.api_version), so
@@ -169,3 +171,56 @@ def provider_error(exc: stripe.StripeError) -> BillingError:
     if isinstance(exc, (stripe.APIError, stripe.RateLimitError)):
         return StripeOutcomeUnknown(f"Stripe: {exc.user_message or exc}")
     return PaymentProviderError(f"Stripe: {exc.user_message or exc}")
+
+
+def create_off_session_payment(
+    client: stripe.StripeClient, settings: Settings, org_id: uuid.UUID, attempt_id: uuid.UUID,
+    amount: Decimal, customer: str, payment_method: str,
+) -> dict[str, Any]:
+    """Charge the saved card for an auto top-up: a PaymentIntent confirmed at once with the
+    customer away (off_session), tagged like every payment of ours plus the attempt, so its
+    payment_intent.succeeded is credited by the same webhook path. The attempt's id is the
+    idempotency key: every try of one attempt, even after a crash, is one PaymentIntent.
+
+    https://docs.stripe.com/payments/save-during-payment#charge-saved-payment-method
+    Raises stripe.CardError (declined, authentication_required, expired_card) as it is.
+    """
+    params: dict[str, Any] = {
+        "amount": money.to_minor_units(amount, settings.currency),
+        "currency": settings.currency,
+        "customer": customer,
+        "payment_method": payment_method,
+        "off_session": True,
+        "confirm": True,
+        "description": f"Automatic top-up of {PRODUCT_NAME}",
+        "metadata": {**tag(org_id), AUTO_TOPUP_KEY: str(attempt_id)},
+    }
+    intent = client.v1.payment_intents.create(
+        params,  # type: ignore[arg-type]  # a plain dict is what the SDK sends
+        {"idempotency_key": str(attempt_id)})
+    result: dict[str, Any] = intent.to_dict()
+    return result
+
+
+def retrieve_payment_method(client: stripe.StripeClient, payment_method: str) -> dict[str, Any]:
+    """A PaymentMethod as Stripe holds it (its card's brand, last4 and expiry)."""
+    try:
+        found = client.v1.payment_methods.retrieve(payment_method)
+    except stripe.StripeError as exc:
+        raise provider_error(exc) from exc
+    result: dict[str, Any] = found.to_dict()
+    return result
+
+
+def detach_payment_method(client: stripe.StripeClient, payment_method: str) -> None:
+    """Detach a saved card from its Customer: it can never be charged again. One Stripe no
+    longer knows, or that is detached already, is as good as detached."""
+    try:
+        client.v1.payment_methods.detach(payment_method)
+    except stripe.InvalidRequestError as exc:
+        if exc.code in ("resource_missing", "payment_method_not_attached") or (
+                exc.http_status == 400 and "not attached" in str(exc.user_message or "")):
+            return
+        raise provider_error(exc) from exc
+    except stripe.StripeError as exc:
+        raise provider_error(exc) from exc

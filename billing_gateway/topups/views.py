@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Response, current_app, request
 
+from billing_gateway.autotopup import cards
 from billing_gateway.ledger.writes import ledger_write, stored_answer
 from billing_gateway.platform import rate_limits
 from billing_gateway.platform.auth import ADMIN, MEMBER, current_caller, require_role, resolve_org
@@ -97,7 +98,10 @@ def stripe_webhook() -> dict[str, bool]:
         # deliveries is cut off without ever holding back a signed one.
         rate_limits.forged_delivery()
         raise
-    webhook_events.process(get_db(), event, settings.currency)
+    # A card saved by this payment is read from Stripe first, with no connection held.
+    card = cards.card_to_save(lambda: start.app_stripe_client(settings),
+                              event["data"]["object"])
+    webhook_events.process(get_db(), event, settings.currency, card)
     return {"received": True}
 
 

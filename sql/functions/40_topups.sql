@@ -29,12 +29,15 @@ BEGIN
                            'amount', money_json(v_taken), 'requested', money_json(p_amount),
                            'paymentIntentId', p_payment_intent_id,
                            'reason', coalesce(p_metadata ->> 'reason', 'refund')));
+    -- Tells the auto top-up trigger that this fall is no charge (70_autotopup.sql).
+    PERFORM set_config('billing.balance_change', 'reversal', true);
     v_row := append_ledger_row(
         v_org, 'reversal', -v_taken, NULL, NULL, 'stripe', p_payment_intent_id, NULL, NULL,
         p_description,
         coalesce(p_metadata, '{}'::jsonb)
             || jsonb_build_object('requested', p_amount, 'shortfall', p_amount - v_taken),
         p_created_by);
+    PERFORM set_config('billing.balance_change', '', true);
     RETURN (v_row.transaction_id, v_row.balance, v_taken);
 END
 $$;

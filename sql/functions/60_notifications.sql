@@ -73,7 +73,8 @@ CREATE OR REPLACE TRIGGER organizations_balance_events
           OR (NEW.sms_balance > OLD.sms_balance AND NEW.alert_state <> 'ok'))
     EXECUTE FUNCTION organizations_balance_events();
 
--- A charge refused for want of funds, for locked orgs: balance.depleted, once per episode,
+-- A charge refused for want of funds, for locked orgs: an auto top-up if one is due, and
+-- balance.depleted, once per episode,
 -- for each org already below its threshold. A charge refused while the balance is at or
 -- above the threshold is only too large for it: no episode starts.
 CREATE OR REPLACE FUNCTION note_refused_charges(p_org_ids uuid[]) RETURNS void
@@ -82,6 +83,7 @@ DECLARE
     v_org organizations;
     v_threshold numeric;
 BEGIN
+    PERFORM auto_topup_after_refusal(p_org_ids);  -- sql/functions/70_autotopup.sql
     FOR v_org IN SELECT * FROM organizations
                   WHERE id = ANY (p_org_ids) AND alert_state <> 'depleted' ORDER BY id LOOP
         v_threshold := coalesce(v_org.alert_threshold, low_balance_default());

@@ -1,0 +1,109 @@
+"""The org's saved card: recorded from the payment that saved it, shown, removed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import stripe
+from psycopg.rows import class_row
+
+from billing_gateway.autotopup import attempts
+from billing_gateway.platform.db import get_db, release_db, require_tenant, tenant_transaction
+from billing_gateway.topups import customers, stripe_client
+
+
+@dataclass
+class SavedCard:
+    """A card saved to the org's Stripe Customer for off-session top-ups."""
+
+    customer_id: str
+    payment_method_id: str
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+    payment_intent_id: str
+    saved_at: dt.datetime
+
+
+def _stripe_id(value: Any) -> str | None:
+    """An id, or an expanded object's id."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    return value if isinstance(value, str) and value else None
+
+
+def card_to_save(client: Callable[[], stripe.StripeClient],
+                 intent: dict[str, Any]) -> SavedCard | None:
+    """The card a succeeded PaymentIntent of a Checkout top-up with saveCard saved, read
+    from Stripe (the PaymentIntent names only the PaymentMethod). Called before the
+    event's transaction opens: no connection waits on Stripe. None for any other payment
+    (auto top-ups pay with the card already on file).
+
+    https://docs.stripe.com/payments/save-during-payment: setup_future_usage=off_session
+    attaches the PaymentMethod to the PaymentIntent's customer once the payment succeeds.
+    """
+    if (intent.get("object") != "payment_intent" or intent.get("status") != "succeeded"
+            or stripe_client.tagged_org(intent.get("metadata")) is None
+            or attempts.attempt_of(intent.get("metadata")) is not None
+            or intent.get("setup_future_usage") != "off_session"):
+        return None
+    method_id, customer = _stripe_id(intent.get("payment_method")), _stripe_id(
+        intent.get("customer"))
+    created = intent.get("created")
+    if method_id is None or customer is None or not isinstance(created, int):
+        return None
+    method = stripe_client.retrieve_payment_method(client(), method_id)
+    card = method.get("card")
+    if method.get("type") != "card" or not isinstance(card, dict):
+        return None
+    return SavedCard(customer, method_id, str(card.get("brand")), str(card.get("last4")),
+                     int(card["exp_month"]), int(card["exp_year"]), str(intent["id"]),
+                     dt.datetime.fromtimestamp(created, dt.UTC))
+
+
+def record(conn: psycopg.Connection, org_id: uuid.UUID, card: SavedCard) -> bool:
+    """Keep the card if it is on the org's own Customer and newer than the one on file
+    (events come in any order); True if kept. In the org's scope."""
+    if customers.customer_id(conn, org_id) != card.customer_id:
+        return False
+    row = conn.execute(
+        "SELECT save_card(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (org_id, card.customer_id, card.payment_method_id, card.brand, card.last4,
+         card.exp_month, card.exp_year, card.payment_intent_id, card.saved_at)).fetchone()
+    return bool(row and row[0])
+
+
+def saved_card(conn: psycopg.Connection, org_id: uuid.UUID) -> SavedCard | None:
+    """The org's saved card, if any (in its tenant transaction)."""
+    require_tenant(org_id)
+    with conn.cursor(row_factory=class_row(SavedCard)) as cur:
+        return cur.execute(
+            "SELECT customer_id, payment_method_id, brand, last4, exp_month, exp_year,"
+            " payment_intent_id, saved_at FROM saved_cards WHERE org_id = %s",
+            (org_id,)).fetchone()
+
+
+def remove(client: stripe.StripeClient, org_id: uuid.UUID, caller: str) -> bool:
+    """Detach the org's card at Stripe, forget it and turn auto top-up off; False if there
+    was none. Detached first: a card forgotten here but still attached at Stripe could
+    still be charged by anyone holding the key. No connection is held while Stripe answers.
+    """
+    with tenant_transaction(get_db(), org_id, caller) as conn:
+        card = saved_card(conn, org_id)
+    release_db()
+    if card is None:
+        return False
+    stripe_client.detach_payment_method(client, card.payment_method_id)
+    with tenant_transaction(get_db(), org_id, caller) as conn:
+        removed = conn.execute(
+            "DELETE FROM saved_cards WHERE org_id = %s AND payment_method_id = %s RETURNING 1",
+            (org_id, card.payment_method_id)).fetchone()
+        if removed:  # a newer card saved meanwhile stays, with the settings it works under
+            conn.execute("SELECT set_auto_topup(%s, false, NULL, NULL)", (org_id,))
+    return True
