@@ -98,11 +98,12 @@ def test_settings_are_validated(client: FlaskClient, auth: TokenFactory, org: uu
     other = client.get(AUTO_TOP_UP, headers=headers, query_string={"orgId": str(other_org)})
     assert other.status_code == 403
     on = turn_on(client, auth, org, "10.00", "50.00")
-    assert (on["enabled"], on["threshold"], on["targetBalance"]) == (True, Decimal("10.00"), Decimal("50.00"))
+    amounts = (Decimal("10.00"), Decimal("50.00"))
+    assert (on["enabled"], on["threshold"], on["targetBalance"]) == (True, *amounts)
     # Off keeps the amounts; an admin names the org.
     off = client.put(AUTO_TOP_UP, headers=auth("admin"), json={
         "enabled": False, "orgId": str(org)}).get_json()
-    assert (off["enabled"], off["threshold"], off["targetBalance"]) == (False, Decimal("10.00"), Decimal("50.00"))
+    assert (off["enabled"], off["threshold"], off["targetBalance"]) == (False, *amounts)
 
 
 def test_a_charge_below_the_threshold_tops_up_once_through_the_webhook(
