@@ -23,7 +23,7 @@ import psycopg
 import stripe
 from psycopg.rows import class_row
 
-from billing_gateway.platform import money
+from billing_gateway.platform import metrics, money
 from billing_gateway.platform.config import Settings
 from billing_gateway.platform.db import autotopup_transaction, enter_org
 from billing_gateway.platform.errors import BillingError
@@ -99,7 +99,10 @@ def attempt_next(conn: psycopg.Connection, settings: Settings,
         if amount != attempt.amount:
             conn.execute("UPDATE auto_topup_attempts SET amount = %s WHERE id = %s",
                          (amount, attempt.id))
-        return _charge(conn, settings, client, attempt, amount)
+        outcome = _charge(conn, settings, client, attempt, amount)
+    # Counted once the outcome is recorded (a try that dies before is tried again).
+    metrics.auto_topup_tried(outcome)
+    return outcome
 
 
 def _charge(conn: psycopg.Connection, settings: Settings, client: stripe.StripeClient,
@@ -113,7 +116,9 @@ def _charge(conn: psycopg.Connection, settings: Settings, client: stripe.StripeC
         return _fail(conn, attempt, _card_failure(exc))
     except stripe.StripeError as exc:
         error = stripe_client.provider_error(exc)
-        if isinstance(error, stripe_client.StripeOutcomeUnknown):
+        # 409: an earlier try of this very key is still running at Stripe (a worker that
+        # died mid-call); its answer will be this one's.
+        if isinstance(error, stripe_client.StripeOutcomeUnknown) or exc.http_status == 409:
             return _try_again(conn, attempt, error)
         # Refused outright (a detached card, a deleted customer): no webhook will come.
         return _fail(conn, attempt, Failure(exc.code or "rejected", None, _message(error)))

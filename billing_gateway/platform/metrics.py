@@ -58,6 +58,8 @@ CREDIT_SOURCES = frozenset({"admin", "stripe"})
 CREDIT_TYPES = frozenset({"purchase", "bonus", "adjustment", "refund"})
 DELIVERY_OUTCOMES = frozenset({"delivered", "failed", "refused", "timeout"})
 EMAIL_OUTCOMES = frozenset({"sent", "failed", "refused", "timeout"})
+# What one try of an auto top-up came to (billing_gateway/autotopup/attempts.py).
+AUTO_TOPUP_OUTCOMES = frozenset({"submitted", "failed", "retry", "canceled"})
 
 # The backlog the outbox worker has not worked off, read at scrape time. Both counts use the
 # partial indexes (outbox_events_pending, deliveries_due), so they read only what is pending.
@@ -86,6 +88,7 @@ class _Metrics:
     deliveries: Counter
     delivery_seconds: Histogram
     emails: Counter
+    auto_topups: Counter
     pool_size: Gauge
     pool_max: Gauge
     pool_available: Gauge
@@ -124,6 +127,8 @@ def _metrics() -> _Metrics:
         delivery_seconds=Histogram("billing_webhook_delivery_seconds", "Time of one outbound "
                                    "webhook delivery attempt.", buckets=_DELIVERY_BUCKETS),
         emails=Counter("billing_emails", "Billing emails by outcome.", ["outcome"]),
+        auto_topups=Counter("billing_auto_topup_tries", "Off-session charges of saved cards "
+                            "asked of Stripe by the worker, by outcome.", ["outcome"]),
         pool_size=pool("billing_pool_size", "Connections open in the database pools."),
         pool_max=pool("billing_pool_max", "Connections the database pools may open."),
         pool_available=pool("billing_pool_available", "Idle connections in the pools."),
@@ -174,6 +179,11 @@ def delivery_attempted(outcome: str, seconds: float) -> None:
 def email_sent(outcome: str) -> None:
     """Count one billing email by outcome (sent, failed, refused, timeout)."""
     _metrics().emails.labels(_word(outcome, EMAIL_OUTCOMES)).inc()
+
+
+def auto_topup_tried(outcome: str) -> None:
+    """Count one try of an auto top-up (submitted, failed, retry, canceled)."""
+    _metrics().auto_topups.labels(_word(outcome, AUTO_TOPUP_OUTCOMES)).inc()
 
 
 def _sample_pool(app: Flask) -> None:
