@@ -32,7 +32,7 @@ from billing_gateway.platform import money
 from billing_gateway.platform.config import Settings
 from billing_gateway.platform.db import get_db, tenant_transaction
 from billing_gateway.platform.errors import BillingError, ValidationFailed
-from billing_gateway.portal import links, security, sessions, spend_chart
+from billing_gateway.portal import filters, links, security, sessions, spend_chart
 from billing_gateway.topups import checkout, start
 from billing_gateway.usage import summary
 
@@ -228,8 +228,8 @@ def _amount_problem(settings: Settings, amount: Decimal) -> str:
     """Say, in the customer's terms, why check_amount refused the amount."""
     if settings.min_topup <= amount <= settings.max_topup:
         return "Use whole cents, such as 25 or 25.50."
-    return (f"Choose an amount from {money.format_display(settings.min_topup, settings.currency)}"
-            f" to {money.format_display(settings.max_topup, settings.currency)}.")
+    return (f"Choose an amount from {filters.exact(settings.min_topup, settings.currency)}"
+            f" to {filters.exact(settings.max_topup, settings.currency)}.")
 
 
 def _provider_message(exc: BillingError) -> str:

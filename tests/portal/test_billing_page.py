@@ -182,7 +182,7 @@ def test_a_custom_amount_outside_the_bounds_is_refused(
     WebDriverWait(browser, WAIT_SECONDS).until(ec.staleness_of(form))
     assert browser.current_url.startswith(f"{live_gateway.url}/billing")
     error = refusal_shown(browser)
-    assert "5.00" in error and ("10,000.00" in error or "10000.00" in error), error
+    assert "$5.00 to $10,000.00" in error, error
     assert checkout_requests(owner_conn, org) == 0
     assert live_gateway.sim_sessions(org) == []
     assert balance_shown(browser) == "$10.00"
@@ -370,13 +370,20 @@ def test_screenshots_after_a_payment(live_gateway: LiveGateway, browser: Any,
     for sms, campaign in ((1200, "Black Friday"), (85, None), (3400, "Newsletter"),
                           (240, "Black Friday")):
         live_gateway.charge(org, sms, "0.0075", description=f"{campaign or 'Order updates'}:"
-                            f" {sms} SMS", **({"campaignId": campaign} if campaign else {}))
+                            f" {sms:,} SMS", **({"campaignId": campaign} if campaign else {}))
     open_billing_page(browser, live_gateway, org)
     quick_amount_button(browser, Decimal(25)).click()
     wait_for_pay_page(browser, live_gateway)
     browser.find_element(By.ID, "pay").click()
     WebDriverWait(browser, WAIT_SECONDS).until(ec.url_contains("success=true"))
     payment_status_becomes(browser, "credits added")
+    # As a customer reads it: one balance, exact, on the card and in the history.
+    after = browser.find_elements(By.CSS_SELECTOR, "#history td.col-after")
+    assert balance_shown(browser) == after[0].text == "$138.0625"
+    assert [c.text for c in browser.find_elements(By.CSS_SELECTOR, "#history td.col-sms")
+            if c.text] == ["240", "3,400", "85", "1,200"]
+    assert browser.find_element(By.ID, "spend-summary").text.startswith(
+        "$36.9375 spent on 4,925 SMS in the last 30 days")
 
     folder = screenshot_dir(tmp_path)
     for name, size in (("billing-desktop.png", DESKTOP), ("billing-phone.png", PHONE)):

@@ -66,6 +66,20 @@ def _text_of(html: str, element_id: str) -> str:
     return " ".join(match.group(1).split())
 
 
+def _column(html: str, css_class: str) -> list[str]:
+    """The history's cells of one column (by class), top to bottom, as text."""
+    return [" ".join(cell.split()) for cell in
+            re.findall(rf'<td class="[^"]*\b{css_class}\b[^"]*">(.*?)</td>', html, re.S)]
+
+
+def _charge(client: FlaskClient, auth: TokenFactory, org: uuid.UUID, sms: int) -> None:
+    """Charge `sms` messages at 0.0075 each, as the SMS sender does."""
+    charged = client.post("/api/billing/deduct", headers=auth("service"), json={
+        "orgId": str(org), "smsCount": sms, "costPerSms": "0.0075",
+        "messageId": f"m-{uuid.uuid4()}"})
+    assert charged.status_code == 201, charged.get_json()
+
+
 Credit = Callable[..., dict]
 
 
@@ -82,6 +96,30 @@ def test_page_shows_the_balance_and_the_add_funds_form(sign_in: SignIn, org: uui
     assert "amount" in page.ids and page.ids["amount"]["name"] == "amount"
     assert re.search(r'<label for="amount">', html)  # the custom amount has its label
     assert "low-balance" not in page.ids
+
+
+def test_a_sub_cent_balance_reads_the_same_on_the_card_and_in_the_history(
+        sign_in: SignIn, org: uuid.UUID, credit: Credit, client: FlaskClient,
+        auth: TokenFactory) -> None:
+    credit(org, "1500.00")
+    _charge(client, auth, org, 85)  # 0.6375: the ledger holds 1499.3625
+    page, html = _page(sign_in(org))
+    assert _text_of(html, "balance") == "$1,499.3625"
+    assert page.ids["balance"]["data-amount"] == "1499.3625"
+    assert _column(html, "col-after") == ["$1,499.3625", "$1,500.00"]
+    assert _column(html, "amount") == ["\u2212$0.6375", "+$1,500.00"]
+
+
+def test_sms_counts_are_grouped_in_thousands(sign_in: SignIn, org: uuid.UUID, credit: Credit,
+                                             client: FlaskClient, auth: TokenFactory) -> None:
+    credit(org, "100.00")
+    _charge(client, auth, org, 1200)
+    _charge(client, auth, org, 3725)
+    _, html = _page(sign_in(org))
+    assert _column(html, "col-sms") == ["3,725", "1,200", ""]
+    assert ("$36.9375 spent on 4,925 SMS in the last 30 days; busiest day $36.9375."
+            in " ".join(html.split()))
+    assert _text_of(html, "balance") == "$63.0625"
 
 
 def test_low_balance_banner_below_the_default_threshold(sign_in: SignIn, org: uuid.UUID,
@@ -213,8 +251,8 @@ def test_same_form_sent_twice_reuses_the_stripe_key(
 
 
 @pytest.mark.parametrize(("amount", "message"), [
-    ("4.99", "Choose an amount from $5.00 to $10000.00."),
-    ("10000.01", "Choose an amount from $5.00 to $10000.00."),
+    ("4.99", "Choose an amount from $5.00 to $10,000.00."),
+    ("10000.01", "Choose an amount from $5.00 to $10,000.00."),
     ("12.345", "Use whole cents"),
     ("ten", "is not an amount"),
     ("", "Enter an amount"),
