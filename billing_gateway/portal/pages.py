@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -50,6 +51,7 @@ CHART_DAYS = 30
 # belongs to, and whether it still works, is in portal_sessions.
 SESSION_TOKEN = "portal_session"  # noqa: S105  # a key of the session, not a secret
 _OPEN_ENDPOINTS = ("billing_page.open_link", "billing_page.static")
+_GROUPED = re.compile(r"[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]*)?")
 
 
 def _settings() -> Settings:
@@ -177,9 +179,13 @@ def _render_page(*, form_error: str | None = None, entered: str = "",
 
 
 def _requested_amount() -> tuple[str, Decimal]:
-    """The quick amount pressed, else the custom amount typed ("25", "25.00", "$25")."""
+    """The quick amount pressed, else the custom amount typed ("25", "25.00", "$1,000")."""
     raw = (request.form.get("quick") or request.form.get("amount") or "").strip()
     text = raw.removeprefix(money.currency_symbol(_settings().currency)).strip()
+    # The page writes amounts grouped ("$10,000.00"), so a customer may type them so; only
+    # commas between groups of three, so that "1,5" is refused rather than read as 15.
+    if _GROUPED.fullmatch(text):
+        text = text.replace(",", "")
     if not text:
         raise ValidationFailed("Enter an amount, or choose one of the amounts above.")
     try:

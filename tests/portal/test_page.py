@@ -250,11 +250,25 @@ def test_same_form_sent_twice_reuses_the_stripe_key(
     assert len(stripe_api.calls) == 2 and len(keys) == 1
 
 
+def test_a_custom_amount_may_be_written_as_the_page_writes_it(
+        sign_in: SignIn, org: uuid.UUID, stripe_api: responses.RequestsMock) -> None:
+    _stub_session(stripe_api, org, 125000)
+    browser = sign_in(org)
+    _, html = _page(browser)
+    sent = browser.post("/billing/add-funds", data={
+        "csrf_token": csrf_token(html), "attempt": attempt(html), "amount": "$1,250.00"})
+    assert sent.status_code == 303
+    form = parse_qs(stripe_api.calls[0].request.body)  # type: ignore[arg-type]
+    assert form["line_items[0][price_data][unit_amount]"] == ["125000"]
+
+
 @pytest.mark.parametrize(("amount", "message"), [
     ("4.99", "Choose an amount from $5.00 to $10,000.00."),
     ("10000.01", "Choose an amount from $5.00 to $10,000.00."),
     ("12.345", "Use whole cents"),
     ("ten", "is not an amount"),
+    ("1,5", "is not an amount"),  # a decimal comma is not a thousands separator
+    ("10,00.00", "is not an amount"),
     ("", "Enter an amount"),
     ("1e400", "Choose an amount from"),
     ("-25", "Choose an amount from"),
