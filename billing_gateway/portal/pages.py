@@ -137,7 +137,7 @@ def _payment_banner(conn: Any, org: uuid.UUID) -> dict[str, Any] | None:
     return {"state": result.state.value, "amount": result.amount, "session_id": session_id}
 
 
-def _render_page(*, form_error: str | None = None, entered: str = "",
+def _render_page(*, form_error: str | None = None, entered: str = "", save_card: bool = False,
                  status: int = 200) -> ResponseReturnValue:
     settings = _settings()
     member = _member()
@@ -165,6 +165,7 @@ def _render_page(*, form_error: str | None = None, entered: str = "",
         attempt=uuid.uuid4().hex,
         form_error=form_error,
         entered=entered,
+        save_card=save_card,
         banner=banner,
         chart=spend_chart.draw(usage["items"], usage["total"]),
         transactions=page.transactions,
@@ -196,10 +197,11 @@ def _requested_amount() -> tuple[str, Decimal]:
 
 @pages.route("/add-funds", methods=["POST"])
 def add_funds() -> ResponseReturnValue:
-    """Create a Checkout Session for the amount (as POST /create-checkout does), then 303
-    to Stripe's payment page."""
+    """Create a Checkout Session as POST /create-checkout does, then 303 to Stripe's page."""
     settings, member = _settings(), _member()
     entered = ""
+    # A checkbox is sent only when ticked; anything but the form's own value is "not ticked".
+    save_card = request.form.get("save_card") == "yes"
     try:
         entered, amount = _requested_amount()
         try:
@@ -209,15 +211,18 @@ def add_funds() -> ResponseReturnValue:
         topup = checkout.TopUpRequest(
             member.org_id, amount, settings.currency, member.member,
             # One form shown, one amount: a double click or a resubmission reuses the
-            # session Stripe already made instead of opening a second one.
+            # session Stripe already made instead of opening a second one. Saving the card
+            # asks Stripe for other parameters, so the box ticked is another key.
             start.stripe_idempotency_key(member.member, member.org_id,
-                                         f"page\0{_attempt()}\0{amount}"))
+                                         f"page\0{_attempt()}\0{amount}", save_card),
+            save_card=save_card)
         created = start.create_session(settings, topup)
     except ValidationFailed as exc:
-        return _render_page(form_error=exc.message, entered=entered, status=400)
+        return _render_page(form_error=exc.message, entered=entered, save_card=save_card,
+                            status=400)
     except BillingError as exc:  # Stripe down or slow, not configured, too busy
         return _render_page(form_error=_provider_message(exc), entered=entered,
-                            status=exc.status)
+                            save_card=save_card, status=exc.status)
     assert isinstance(created, dict)  # no replay callback: always Stripe's session
     with tenant_transaction(get_db(), member.org_id, member.member) as conn:
         checkout.record_session(conn, topup, created)
