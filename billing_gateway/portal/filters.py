@@ -1,4 +1,11 @@
-"""How the page writes money, dates and types (Jinja filters)."""
+"""How the page writes money, counts, dates and types (Jinja filters).
+
+One rule for every amount a customer reads on the page: the exact value the ledger holds,
+never rounded, with the currency's own decimals at least and up to the ledger's 4, grouped
+in thousands ("$1,234.5625", "$7.50", "¥5,200"). The API's `formatted` cuts to cents, which
+would make the balance card say "$138.06" beside a history ending in "$138.0625" and hide
+the sub-cent SMS prices that make the history add up.
+"""
 
 from __future__ import annotations
 
@@ -12,21 +19,39 @@ from billing_gateway.platform.config import Settings
 
 _TYPE_LABELS = {"purchase": "Purchase", "sms_send": "SMS send", "refund": "Refund",
                 "adjustment": "Adjustment", "bonus": "Bonus", "reversal": "Reversal"}
+MINUS = "\u2212"  # a true minus: as wide as "+", and read as "minus" by screen readers
 
 
 def exact(amount: Decimal, currency: str) -> str:
-    """The amount as the ledger holds it, with 2 to 4 decimals: "$52.8825", "$7.50"."""
-    places = max(2, min(money.LEDGER_PLACES, -amount.normalize().as_tuple().exponent))  # type: ignore[operator]  # finite amounts only
-    digits = f"{abs(amount):.{places}f}"
-    symbol = money.currency_symbol(currency)
-    sign = "-" if amount < 0 else ""
-    return f"{sign}{symbol}{digits}" if symbol else f"{sign}{digits} {currency.upper()}"
+    """The amount as the ledger holds it, grouped: "$1,234.5625", "$7.50", "\u2212$0.0075"."""
+    held = -amount.normalize().as_tuple().exponent  # type: ignore[operator]  # finite amounts only
+    return _written(amount, currency,
+                    max(money.currency_exponent(currency), min(money.LEDGER_PLACES, held)))
 
 
 def signed(amount: Decimal, currency: str) -> str:
-    """An exact amount with its sign always shown: "+$25.00", "\u2212$0.0075" (true minus)."""
+    """An exact amount with its sign always shown: "+$25.00", "\u2212$0.0075"."""
     text = exact(abs(amount), currency)
-    return f"+{text}" if amount > 0 else f"\u2212{text}" if amount < 0 else text
+    return f"+{text}" if amount > 0 else f"{MINUS}{text}" if amount < 0 else text
+
+
+def whole(amount: Decimal, currency: str) -> str:
+    """A whole amount without decimals, for button labels: "$10", "$1,000"."""
+    if amount != amount.to_integral_value():
+        return exact(amount, currency)
+    return _written(amount, currency, 0)
+
+
+def _written(amount: Decimal, currency: str, places: int) -> str:
+    digits = f"{abs(amount):,.{places}f}"
+    symbol = money.currency_symbol(currency)
+    sign = MINUS if amount < 0 else ""
+    return f"{sign}{symbol}{digits}" if symbol else f"{sign}{digits} {currency.upper()}"
+
+
+def count(number: int) -> str:
+    """A count grouped in thousands: "4,925"."""
+    return f"{number:,}"
 
 
 def iso_utc(when: dt.datetime) -> str:
@@ -37,11 +62,11 @@ def iso_utc(when: dt.datetime) -> str:
 def register(app: Flask, settings: Settings) -> None:
     """Add the page's filters to the app's Jinja environment."""
     currency = settings.currency
-    app.add_template_filter(lambda a: money.format_display(Decimal(a), currency), "money")
-    app.add_template_filter(
-        lambda a: money.format_display(Decimal(a), currency).removesuffix(".00"), "money_whole")
-    app.add_template_filter(lambda a: exact(Decimal(a), currency), "exact_money")
+    app.add_template_filter(lambda a: exact(Decimal(a), currency), "money")
     app.add_template_filter(lambda a: signed(Decimal(a), currency), "signed_money")
+    app.add_template_filter(lambda a: whole(Decimal(a), currency), "money_whole")
+    # Machine-readable (data-amount): plain and exact, no symbol, no grouping.
     app.add_template_filter(lambda a: money.format_number(Decimal(a)), "plain_amount")
+    app.add_template_filter(count, "count")
     app.add_template_filter(iso_utc, "iso_utc")
     app.add_template_filter(lambda t: _TYPE_LABELS.get(t, t), "type_label")

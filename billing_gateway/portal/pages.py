@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -32,7 +33,7 @@ from billing_gateway.platform import money
 from billing_gateway.platform.config import Settings
 from billing_gateway.platform.db import get_db, tenant_transaction
 from billing_gateway.platform.errors import BillingError, ValidationFailed
-from billing_gateway.portal import links, security, sessions, spend_chart
+from billing_gateway.portal import filters, links, security, sessions, spend_chart
 from billing_gateway.topups import checkout, start
 from billing_gateway.usage import summary
 
@@ -50,6 +51,7 @@ CHART_DAYS = 30
 # belongs to, and whether it still works, is in portal_sessions.
 SESSION_TOKEN = "portal_session"  # noqa: S105  # a key of the session, not a secret
 _OPEN_ENDPOINTS = ("billing_page.open_link", "billing_page.static")
+_GROUPED = re.compile(r"[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]*)?")
 
 
 def _settings() -> Settings:
@@ -135,7 +137,7 @@ def _payment_banner(conn: Any, org: uuid.UUID) -> dict[str, Any] | None:
     return {"state": result.state.value, "amount": result.amount, "session_id": session_id}
 
 
-def _render_page(*, form_error: str | None = None, entered: str = "",
+def _render_page(*, form_error: str | None = None, entered: str = "", save_card: bool = False,
                  status: int = 200) -> ResponseReturnValue:
     settings = _settings()
     member = _member()
@@ -163,6 +165,7 @@ def _render_page(*, form_error: str | None = None, entered: str = "",
         attempt=uuid.uuid4().hex,
         form_error=form_error,
         entered=entered,
+        save_card=save_card,
         banner=banner,
         chart=spend_chart.draw(usage["items"], usage["total"]),
         transactions=page.transactions,
@@ -177,9 +180,13 @@ def _render_page(*, form_error: str | None = None, entered: str = "",
 
 
 def _requested_amount() -> tuple[str, Decimal]:
-    """The quick amount pressed, else the custom amount typed ("25", "25.00", "$25")."""
+    """The quick amount pressed, else the custom amount typed ("25", "25.00", "$1,000")."""
     raw = (request.form.get("quick") or request.form.get("amount") or "").strip()
     text = raw.removeprefix(money.currency_symbol(_settings().currency)).strip()
+    # The page writes amounts grouped ("$10,000.00"), so a customer may type them so; only
+    # commas between groups of three, so that "1,5" is refused rather than read as 15.
+    if _GROUPED.fullmatch(text):
+        text = text.replace(",", "")
     if not text:
         raise ValidationFailed("Enter an amount, or choose one of the amounts above.")
     try:
@@ -190,10 +197,11 @@ def _requested_amount() -> tuple[str, Decimal]:
 
 @pages.route("/add-funds", methods=["POST"])
 def add_funds() -> ResponseReturnValue:
-    """Create a Checkout Session for the amount (as POST /create-checkout does), then 303
-    to Stripe's payment page."""
+    """Create a Checkout Session as POST /create-checkout does, then 303 to Stripe's page."""
     settings, member = _settings(), _member()
     entered = ""
+    # A checkbox is sent only when ticked; anything but the form's own value is "not ticked".
+    save_card = request.form.get("save_card") == "yes"
     try:
         entered, amount = _requested_amount()
         try:
@@ -203,15 +211,18 @@ def add_funds() -> ResponseReturnValue:
         topup = checkout.TopUpRequest(
             member.org_id, amount, settings.currency, member.member,
             # One form shown, one amount: a double click or a resubmission reuses the
-            # session Stripe already made instead of opening a second one.
+            # session Stripe already made instead of opening a second one. Saving the card
+            # asks Stripe for other parameters, so the box ticked is another key.
             start.stripe_idempotency_key(member.member, member.org_id,
-                                         f"page\0{_attempt()}\0{amount}"))
+                                         f"page\0{_attempt()}\0{amount}", save_card),
+            save_card=save_card)
         created = start.create_session(settings, topup)
     except ValidationFailed as exc:
-        return _render_page(form_error=exc.message, entered=entered, status=400)
+        return _render_page(form_error=exc.message, entered=entered, save_card=save_card,
+                            status=400)
     except BillingError as exc:  # Stripe down or slow, not configured, too busy
         return _render_page(form_error=_provider_message(exc), entered=entered,
-                            status=exc.status)
+                            save_card=save_card, status=exc.status)
     assert isinstance(created, dict)  # no replay callback: always Stripe's session
     with tenant_transaction(get_db(), member.org_id, member.member) as conn:
         checkout.record_session(conn, topup, created)
@@ -228,8 +239,8 @@ def _amount_problem(settings: Settings, amount: Decimal) -> str:
     """Say, in the customer's terms, why check_amount refused the amount."""
     if settings.min_topup <= amount <= settings.max_topup:
         return "Use whole cents, such as 25 or 25.50."
-    return (f"Choose an amount from {money.format_display(settings.min_topup, settings.currency)}"
-            f" to {money.format_display(settings.max_topup, settings.currency)}.")
+    return (f"Choose an amount from {filters.exact(settings.min_topup, settings.currency)}"
+            f" to {filters.exact(settings.max_topup, settings.currency)}.")
 
 
 def _provider_message(exc: BillingError) -> str:

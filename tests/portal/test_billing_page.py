@@ -24,6 +24,7 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.wait import WebDriverWait
 
+from billing_gateway.topups import stripe_client
 from tests.plugins.browser import (
     DESKTOP,
     PHONE,
@@ -128,6 +129,39 @@ def test_paying_25_on_stripe_sim_adds_credits(live_gateway: LiveGateway, browser
     assert balance_shown(browser) == "$35.00"
     assert live_gateway.balance(org) == Decimal("35.00")
     assert history(browser)[0] == ("purchase", Decimal("25.00"))
+    # The save-card box was left unticked: Checkout was not asked to keep the card.
+    assert [s["customer"] for s in live_gateway.sim_sessions(org)] == [None]
+
+
+def test_ticking_save_card_leaves_the_card_on_the_orgs_stripe_customer(
+        live_gateway: LiveGateway, browser: Any, org: uuid.UUID,
+        owner_conn: psycopg.Connection) -> None:
+    open_billing_page(browser, live_gateway, org)
+    box = browser.find_element(By.ID, "save-card")
+    assert not box.is_selected()
+    browser.find_element(By.CSS_SELECTOR, "label[for=save-card]").click()  # the 44 px target
+    assert box.is_selected()
+    quick_amount_button(browser, Decimal(25)).click()
+
+    session_id = wait_for_pay_page(browser, live_gateway)
+    assert "saves it" in browser.find_element(By.TAG_NAME, "body").text  # stripe-sim says so
+    browser.find_element(By.ID, "pay").click()
+    WebDriverWait(browser, WAIT_SECONDS).until(ec.url_contains("success=true"))
+    assert "$25.00" in payment_status_becomes(browser, "credits added")
+
+    # Read back from stripe-sim through Stripe's API, as auto top-up will read it.
+    stripe = stripe_client.make_client(live_gateway.settings)
+    paid = stripe.v1.checkout.sessions.retrieve(session_id)
+    [(customer,)] = owner_conn.execute(
+        "SELECT customer_id FROM stripe_customers WHERE org_id = %s", (org,)).fetchall()
+    assert paid.customer == customer
+    assert stripe.v1.customers.retrieve(customer).metadata.to_dict() == {
+        "source": "billing-gateway", "org_id": str(org)}
+    intent = stripe.v1.payment_intents.retrieve(str(paid.payment_intent))
+    assert (intent.customer, intent.setup_future_usage) == (customer, "off_session")
+    saved = stripe.v1.customers.payment_methods.list(customer, {"type": "card"}).data
+    assert [(card.id, card.card.last4) for card in saved] == [(intent.payment_method, "4242")]
+    assert live_gateway.balance(org) == Decimal("25.00")
 
 
 def test_coming_back_before_the_webhook_says_processing_until_credited(
@@ -182,7 +216,7 @@ def test_a_custom_amount_outside_the_bounds_is_refused(
     WebDriverWait(browser, WAIT_SECONDS).until(ec.staleness_of(form))
     assert browser.current_url.startswith(f"{live_gateway.url}/billing")
     error = refusal_shown(browser)
-    assert "5.00" in error and ("10,000.00" in error or "10000.00" in error), error
+    assert "$5.00 to $10,000.00" in error, error
     assert checkout_requests(owner_conn, org) == 0
     assert live_gateway.sim_sessions(org) == []
     assert balance_shown(browser) == "$10.00"
@@ -370,13 +404,20 @@ def test_screenshots_after_a_payment(live_gateway: LiveGateway, browser: Any,
     for sms, campaign in ((1200, "Black Friday"), (85, None), (3400, "Newsletter"),
                           (240, "Black Friday")):
         live_gateway.charge(org, sms, "0.0075", description=f"{campaign or 'Order updates'}:"
-                            f" {sms} SMS", **({"campaignId": campaign} if campaign else {}))
+                            f" {sms:,} SMS", **({"campaignId": campaign} if campaign else {}))
     open_billing_page(browser, live_gateway, org)
     quick_amount_button(browser, Decimal(25)).click()
     wait_for_pay_page(browser, live_gateway)
     browser.find_element(By.ID, "pay").click()
     WebDriverWait(browser, WAIT_SECONDS).until(ec.url_contains("success=true"))
     payment_status_becomes(browser, "credits added")
+    # As a customer reads it: one balance, exact, on the card and in the history.
+    after = browser.find_elements(By.CSS_SELECTOR, "#history td.col-after")
+    assert balance_shown(browser) == after[0].text == "$138.0625"
+    assert [c.text for c in browser.find_elements(By.CSS_SELECTOR, "#history td.col-sms")
+            if c.text] == ["240", "3,400", "85", "1,200"]
+    assert browser.find_element(By.ID, "spend-summary").text.startswith(
+        "$36.9375 spent on 4,925 SMS in the last 30 days")
 
     folder = screenshot_dir(tmp_path)
     for name, size in (("billing-desktop.png", DESKTOP), ("billing-phone.png", PHONE)):

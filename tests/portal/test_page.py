@@ -21,6 +21,7 @@ from tests.plugins.webhooks import deliver
 from tests.portal.conftest import SignIn, attempt, csrf_token
 
 STRIPE_SESSIONS = "https://api.stripe.com/v1/checkout/sessions"
+STRIPE_CUSTOMERS = "https://api.stripe.com/v1/customers"
 
 
 class _Page(HTMLParser):
@@ -66,6 +67,20 @@ def _text_of(html: str, element_id: str) -> str:
     return " ".join(match.group(1).split())
 
 
+def _column(html: str, css_class: str) -> list[str]:
+    """The history's cells of one column (by class), top to bottom, as text."""
+    return [" ".join(cell.split()) for cell in
+            re.findall(rf'<td class="[^"]*\b{css_class}\b[^"]*">(.*?)</td>', html, re.S)]
+
+
+def _charge(client: FlaskClient, auth: TokenFactory, org: uuid.UUID, sms: int) -> None:
+    """Charge `sms` messages at 0.0075 each, as the SMS sender does."""
+    charged = client.post("/api/billing/deduct", headers=auth("service"), json={
+        "orgId": str(org), "smsCount": sms, "costPerSms": "0.0075",
+        "messageId": f"m-{uuid.uuid4()}"})
+    assert charged.status_code == 201, charged.get_json()
+
+
 Credit = Callable[..., dict]
 
 
@@ -82,6 +97,30 @@ def test_page_shows_the_balance_and_the_add_funds_form(sign_in: SignIn, org: uui
     assert "amount" in page.ids and page.ids["amount"]["name"] == "amount"
     assert re.search(r'<label for="amount">', html)  # the custom amount has its label
     assert "low-balance" not in page.ids
+
+
+def test_a_sub_cent_balance_reads_the_same_on_the_card_and_in_the_history(
+        sign_in: SignIn, org: uuid.UUID, credit: Credit, client: FlaskClient,
+        auth: TokenFactory) -> None:
+    credit(org, "1500.00")
+    _charge(client, auth, org, 85)  # 0.6375: the ledger holds 1499.3625
+    page, html = _page(sign_in(org))
+    assert _text_of(html, "balance") == "$1,499.3625"
+    assert page.ids["balance"]["data-amount"] == "1499.3625"
+    assert _column(html, "col-after") == ["$1,499.3625", "$1,500.00"]
+    assert _column(html, "amount") == ["\u2212$0.6375", "+$1,500.00"]
+
+
+def test_sms_counts_are_grouped_in_thousands(sign_in: SignIn, org: uuid.UUID, credit: Credit,
+                                             client: FlaskClient, auth: TokenFactory) -> None:
+    credit(org, "100.00")
+    _charge(client, auth, org, 1200)
+    _charge(client, auth, org, 3725)
+    _, html = _page(sign_in(org))
+    assert _column(html, "col-sms") == ["3,725", "1,200", ""]
+    assert ("$36.9375 spent on 4,925 SMS in the last 30 days; busiest day $36.9375."
+            in " ".join(html.split()))
+    assert _text_of(html, "balance") == "$63.0625"
 
 
 def test_low_balance_banner_below_the_default_threshold(sign_in: SignIn, org: uuid.UUID,
@@ -212,11 +251,146 @@ def test_same_form_sent_twice_reuses_the_stripe_key(
     assert len(stripe_api.calls) == 2 and len(keys) == 1
 
 
+def test_a_custom_amount_may_be_written_as_the_page_writes_it(
+        sign_in: SignIn, org: uuid.UUID, stripe_api: responses.RequestsMock) -> None:
+    _stub_session(stripe_api, org, 125000)
+    browser = sign_in(org)
+    _, html = _page(browser)
+    sent = browser.post("/billing/add-funds", data={
+        "csrf_token": csrf_token(html), "attempt": attempt(html), "amount": "$1,250.00"})
+    assert sent.status_code == 303
+    form = parse_qs(stripe_api.calls[0].request.body)  # type: ignore[arg-type]
+    assert form["line_items[0][price_data][unit_amount]"] == ["125000"]
+
+
+def _stub_customer(stripe_api: responses.RequestsMock, org: uuid.UUID) -> str:
+    stripe_api.add(responses.POST, STRIPE_CUSTOMERS, json={
+        "id": "cus_Page0001", "object": "customer", "metadata": {
+            "source": "billing-gateway", "org_id": str(org)}})
+    return "cus_Page0001"
+
+
+def _sent(stripe_api: responses.RequestsMock, url: str) -> list[responses.Call]:
+    return [call for call in stripe_api.calls if call.request.url == url]
+
+
+def _form(call: responses.Call) -> dict[str, list[str]]:
+    return parse_qs(call.request.body)  # type: ignore[arg-type]  # the SDK sends a form
+
+
+def test_the_save_card_box_is_offered_unticked_before_any_amount(
+        sign_in: SignIn, org: uuid.UUID) -> None:
+    page, html = _page(sign_in(org))
+    box = page.ids["save-card"]
+    assert (box["type"], box["name"], box["value"]) == ("checkbox", "save_card", "yes")
+    assert "checked" not in box
+    assert '<label for="save-card">Save this card for automatic top-ups</label>' in html
+    assert box["aria-describedby"] == "save-card-help"
+    assert "only for automatic top-ups you turn on" in _text_of(html, "save-card-help")
+    # Inside the form and before its first button: every quick amount sends the form.
+    tags = [attrs for _, attrs in page.tags]
+    form = tags.index(page.ids["add-funds"])
+    first_button = next(n for n, (tag, _) in enumerate(page.tags) if tag == "button" and n > form)
+    assert form < tags.index(box) < first_button
+
+
+def test_a_ticked_box_saves_the_card_to_the_orgs_customer(
+        sign_in: SignIn, org: uuid.UUID, stripe_api: responses.RequestsMock,
+        owner_conn: psycopg.Connection) -> None:
+    customer = _stub_customer(stripe_api, org)
+    session = _stub_session(stripe_api, org, 2500)
+    browser = sign_in(org)
+    _, html = _page(browser)
+    sent = browser.post("/billing/add-funds", data={
+        "csrf_token": csrf_token(html), "attempt": attempt(html), "quick": "25",
+        "save_card": "yes"})
+    assert sent.status_code == 303
+    assert sent.headers["Location"] == session["url"]
+    assert len(_sent(stripe_api, STRIPE_CUSTOMERS)) == 1
+    [created] = _sent(stripe_api, STRIPE_SESSIONS)
+    form = _form(created)
+    assert form["customer"] == [customer]
+    assert form["payment_intent_data[setup_future_usage]"] == ["off_session"]
+    assert form["line_items[0][price_data][unit_amount]"] == ["2500"]
+    assert owner_conn.execute("SELECT customer_id FROM stripe_customers WHERE org_id = %s",
+                              (org,)).fetchall() == [(customer,)]
+
+
+def test_an_unticked_box_saves_no_card(
+        sign_in: SignIn, org: uuid.UUID, stripe_api: responses.RequestsMock,
+        owner_conn: psycopg.Connection) -> None:
+    _stub_customer(stripe_api, org)
+    _stub_session(stripe_api, org, 2500)
+    browser = sign_in(org)
+    _, html = _page(browser)
+    for box in ("", "on"):  # not sent, or not the form's own value: not ticked
+        form = {"csrf_token": csrf_token(html), "attempt": attempt(html), "quick": "25"}
+        if box:
+            form["save_card"] = box
+        assert browser.post("/billing/add-funds", data=form).status_code == 303
+    assert _sent(stripe_api, STRIPE_CUSTOMERS) == []
+    for created in _sent(stripe_api, STRIPE_SESSIONS):
+        sent = _form(created)
+        assert "customer" not in sent
+        assert "payment_intent_data[setup_future_usage]" not in sent
+    assert owner_conn.execute("SELECT count(*) FROM stripe_customers WHERE org_id = %s",
+                              (org,)).fetchone() == (0,)
+
+
+def test_ticking_the_box_is_another_stripe_key_for_the_same_form(
+        sign_in: SignIn, org: uuid.UUID, stripe_api: responses.RequestsMock) -> None:
+    _stub_customer(stripe_api, org)
+    _stub_session(stripe_api, org, 4000)
+    browser = sign_in(org)
+    _, html = _page(browser)
+    form = {"csrf_token": csrf_token(html), "attempt": attempt(html), "amount": "40.00"}
+    for ticked in ("yes", "yes", None):
+        sent = {**form, "save_card": ticked} if ticked else form
+        assert browser.post("/billing/add-funds", data=sent).status_code == 303
+    keys = [call.request.headers["Idempotency-Key"]
+            for call in _sent(stripe_api, STRIPE_SESSIONS)]
+    # Resent with the box: the same session; without it, Stripe is asked for another.
+    assert len(keys) == 3 and keys[0] == keys[1] != keys[2]
+
+
+def test_a_refused_amount_keeps_the_box_as_it_was(
+        sign_in: SignIn, org: uuid.UUID, stripe_api: responses.RequestsMock,
+        owner_conn: psycopg.Connection) -> None:
+    browser = sign_in(org)
+    _, html = _page(browser)
+    for ticked in (True, False):
+        form = {"csrf_token": csrf_token(html), "attempt": attempt(html), "amount": "4.99"}
+        refused = browser.post("/billing/add-funds",
+                               data={**form, "save_card": "yes"} if ticked else form)
+        assert refused.status_code == 400
+        shown = _Page(refused.get_data(as_text=True))
+        assert ("checked" in shown.ids["save-card"]) is ticked
+        assert shown.ids["amount"]["value"] == "4.99"
+    assert len(stripe_api.calls) == 0  # not even the Customer
+    assert owner_conn.execute("SELECT count(*) FROM checkout_requests").fetchone() == (0,)
+
+
+def test_stripe_down_keeps_the_box_ticked(
+        sign_in: SignIn, org: uuid.UUID, stripe_api: responses.RequestsMock) -> None:
+    _stub_customer(stripe_api, org)
+    stripe_api.add(responses.POST, STRIPE_SESSIONS, status=400, json={"error": {
+        "type": "invalid_request_error", "message": "No such price"}})
+    browser = sign_in(org)
+    _, html = _page(browser)
+    failed = browser.post("/billing/add-funds", data={
+        "csrf_token": csrf_token(html), "attempt": attempt(html), "quick": "50",
+        "save_card": "yes"})
+    assert failed.status_code == 502
+    assert "checked" in _Page(failed.get_data(as_text=True)).ids["save-card"]
+
+
 @pytest.mark.parametrize(("amount", "message"), [
-    ("4.99", "Choose an amount from $5.00 to $10000.00."),
-    ("10000.01", "Choose an amount from $5.00 to $10000.00."),
+    ("4.99", "Choose an amount from $5.00 to $10,000.00."),
+    ("10000.01", "Choose an amount from $5.00 to $10,000.00."),
     ("12.345", "Use whole cents"),
     ("ten", "is not an amount"),
+    ("1,5", "is not an amount"),  # a decimal comma is not a thousands separator
+    ("10,00.00", "is not an amount"),
     ("", "Enter an amount"),
     ("1e400", "Choose an amount from"),
     ("-25", "Choose an amount from"),
