@@ -252,7 +252,7 @@ def cmd_verify_ledger(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Deliver outbound webhooks and emails until SIGTERM or SIGINT."""
-    from billing_gateway.notifications.worker import Worker, stop_with_parent
+    from billing_gateway.jobs.worker import Worker, stop_with_parent
 
     dsn = database_url(settings)
     worker = Worker(settings, dsn, threads=args.threads)

@@ -11,5 +11,9 @@ from billing_gateway.platform.config import Settings
 
 
 def init_app(app: Flask, api: Api, settings: Settings) -> None:
-    """Register /auto-top-up."""
+    """Register /auto-top-up; state this deployment's top-up bounds in /openapi.json."""
     api.register_blueprint(views.blp)
+    fields = api.spec.components.schemas["AutoTopUpRequest"]["properties"]
+    # A top-up charges at most the target, so the target is bounded as a Checkout amount.
+    fields["targetBalance"].update(maximum=float(settings.max_topup))
+    fields["threshold"].update(maximum=float(settings.max_topup - settings.min_topup))

@@ -17,7 +17,6 @@ import logging
 import uuid
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
-from typing import Any
 
 import psycopg
 import stripe
@@ -28,6 +27,7 @@ from billing_gateway.platform.config import Settings
 from billing_gateway.platform.db import autotopup_transaction, enter_org
 from billing_gateway.platform.errors import BillingError
 from billing_gateway.topups import stripe_client
+from billing_gateway.topups.auto_payments import Failure, finish
 
 log = logging.getLogger("billing_gateway.autotopup")
 
@@ -50,26 +50,6 @@ class Attempt:
     customer_id: str
     payment_method_id: str
     tries: int
-
-
-@dataclass
-class Failure:
-    """Why Stripe did not take an attempt's payment, in Stripe's words."""
-
-    code: str
-    decline_code: str | None
-    message: str
-    payment_intent_id: str | None = None
-
-
-def attempt_of(metadata: Any) -> uuid.UUID | None:
-    """The auto top-up attempt a PaymentIntent of ours pays, if it is one."""
-    if not isinstance(metadata, dict) or not stripe_client.tagged_org(metadata):
-        return None
-    try:
-        return uuid.UUID(str(metadata.get(stripe_client.AUTO_TOPUP_KEY)))
-    except ValueError:
-        return None
 
 
 def charged_amount(amount: Decimal, currency: str) -> Decimal:
@@ -167,28 +147,3 @@ def _fail(conn: psycopg.Connection, attempt: Attempt, failure: Failure) -> str:
     return finish(conn, attempt.id, "failed", failure)
 
 
-def finish(conn: psycopg.Connection, attempt_id: uuid.UUID, status: str,
-           failure: Failure | None = None, payment_intent_id: str | None = None) -> str:
-    """End an attempt (sql finish_auto_topup): its status, or 'already_<status>'."""
-    row = conn.execute(
-        "SELECT finish_auto_topup(%s, %s, %s, %s, %s, %s)",
-        (attempt_id, status,
-         payment_intent_id or (failure.payment_intent_id if failure else None),
-         failure.code if failure else None, failure.decline_code if failure else None,
-         failure.message[:500] if failure else None)).fetchone()
-    assert row is not None
-    return str(row[0])
-
-
-def lock(conn: psycopg.Connection, attempt_id: uuid.UUID) -> bool:
-    """Lock an attempt's row (in its org's scope) before its payment's credit takes the org's
-    row: the order the worker takes them in. False if the org has no such attempt."""
-    return conn.execute("SELECT 1 FROM auto_topup_attempts WHERE id = %s FOR UPDATE",
-                        (attempt_id,)).fetchone() is not None
-
-
-def failure_of_intent(intent: dict[str, Any]) -> Failure:
-    """The failure a payment_intent.payment_failed event reports."""
-    error = intent.get("last_payment_error") or {}
-    return Failure(error.get("code") or "payment_failed", error.get("decline_code"),
-                   error.get("message") or "The payment failed", intent.get("id"))

@@ -2,9 +2,10 @@
 
 One rule for every amount a customer reads on the page: the exact value the ledger holds,
 never rounded, with the currency's own decimals at least and up to the ledger's 4, grouped
-in thousands ("$1,234.5625", "$7.50", "¥5,200"). The API's `formatted` cuts to cents, which
-would make the balance card say "$138.06" beside a history ending in "$138.0625" and hide
-the sub-cent SMS prices that make the history add up.
+in thousands ("$1,234.5625", "$7.50", "¥5,200"). The API's `formatted` cuts to cents: the
+balance card shows it (CONTRACT.md's `#balance`), and the exact balance under it whenever
+the two differ, so "$138.06" never stands unexplained beside a history ending in
+"$138.0625".
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ def register(app: Flask, settings: Settings) -> None:
     """Add the page's filters to the app's Jinja environment."""
     currency = settings.currency
     app.add_template_filter(lambda a: exact(Decimal(a), currency), "money")
+    # The contract's `#balance` is the balance as the API formats it (`formatted`); the page
+    # adds the exact amount beside it when the two differ (sub-cent SMS prices).
+    app.add_template_filter(lambda a: money.format_display(Decimal(a), currency), "formatted")
+    app.add_template_test(lambda a: Decimal(a) != Decimal(a).quantize(
+        Decimal(1).scaleb(-money.currency_exponent(currency))), "sub_minor")
     app.add_template_filter(lambda a: signed(Decimal(a), currency), "signed_money")
     app.add_template_filter(lambda a: whole(Decimal(a), currency), "money_whole")
     # Machine-readable (data-amount): plain and exact, no symbol, no grouping.

@@ -19,10 +19,15 @@ from dataclasses import dataclass, field
 import psycopg
 import stripe
 
-from billing_gateway.autotopup import cards
 from billing_gateway.platform.config import Settings
 from billing_gateway.platform.db import as_app_role, enter_org, stripe_transaction
-from billing_gateway.topups import checkout, payments, stripe_client, webhook_events
+from billing_gateway.topups import (
+    checkout,
+    payments,
+    saved_cards,
+    stripe_client,
+    webhook_events,
+)
 
 _SPAN = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -66,7 +71,7 @@ def run(settings: Settings, dsn: str, since: dt.timedelta,
                 continue
             report.checked += 1
             found = intent.to_dict()
-            card = cards.card_to_save(lambda: client, found)
+            card = saved_cards.card_to_save(lambda: client, found)
             with stripe_transaction(conn):
                 outcome = webhook_events.credit_intent(conn, found, settings.currency,
                                                        "reconcile", card)
@@ -79,7 +84,7 @@ def run(settings: Settings, dsn: str, since: dt.timedelta,
                 say(f"NOT credited {intent.id} (org {org}): {outcome}")
         for event in webhook_events.unprocessed(conn):
             try:
-                card = cards.card_to_save(lambda: client, event["data"]["object"])
+                card = saved_cards.card_to_save(lambda: client, event["data"]["object"])
                 outcome = webhook_events.process(conn, event, settings.currency, card)
             except Exception as exc:
                 report.unrepaired.append(event["id"])

@@ -7,14 +7,13 @@ from typing import Any
 
 from flask import Response, current_app, request
 
-from billing_gateway.autotopup import cards
 from billing_gateway.ledger.writes import ledger_write, stored_answer
 from billing_gateway.platform import rate_limits
 from billing_gateway.platform.auth import ADMIN, MEMBER, current_caller, require_role, resolve_org
 from billing_gateway.platform.db import get_db, stripe_transaction
 from billing_gateway.platform.errors import NotFound, ValidationFailed
 from billing_gateway.platform.http import blueprint
-from billing_gateway.topups import checkout, payments, start, webhook_events
+from billing_gateway.topups import checkout, payments, saved_cards, start, webhook_events
 from billing_gateway.topups.schemas import (
     CheckoutRequest,
     CheckoutResponse,
@@ -99,7 +98,7 @@ def stripe_webhook() -> dict[str, bool]:
         rate_limits.forged_delivery()
         raise
     # A card saved by this payment is read from Stripe first, with no connection held.
-    card = cards.card_to_save(lambda: start.app_stripe_client(settings),
+    card = saved_cards.card_to_save(lambda: start.app_stripe_client(settings),
                               event["data"]["object"])
     webhook_events.process(get_db(), event, settings.currency, card)
     return {"received": True}

@@ -16,10 +16,9 @@ import psycopg
 import stripe
 from psycopg.types.json import Jsonb
 
-from billing_gateway.autotopup import attempts, cards
 from billing_gateway.platform.db import enter_org, stripe_transaction
 from billing_gateway.platform.errors import StripeNotConfigured, ValidationFailed
-from billing_gateway.topups import payments
+from billing_gateway.topups import auto_payments, payments, saved_cards
 from billing_gateway.topups.stripe_client import STRIPE_API_VERSION, tagged_org
 
 log = logging.getLogger("billing_gateway.stripe")
@@ -146,41 +145,42 @@ def _update_session(conn: psycopg.Connection, session: dict[str, Any], status: s
 
 
 def credit_intent(conn: psycopg.Connection, intent: dict[str, Any], settlement_currency: str,
-                  origin: str, card: cards.SavedCard | None = None) -> str:
+                  origin: str, card: saved_cards.SavedCard | None = None) -> str:
     """Credit a succeeded PaymentIntent of ours once (the event, or reconcile finding it);
     end the auto top-up it pays, and keep the card it saved."""
     org = tagged_org(intent.get("metadata"))
     if org is None:
         return "ignored_not_ours"
-    attempt = attempts.attempt_of(intent.get("metadata"))
-    if attempt is not None:  # before the credit locks the org (attempts.lock)
+    attempt = auto_payments.attempt_of(intent.get("metadata"))
+    if attempt is not None:  # before the credit locks the org (auto_payments.lock)
         enter_org(conn, org)
-        attempts.lock(conn, attempt)
+        auto_payments.lock(conn, attempt)
     outcome = payments.credit_payment(
         conn, intent["id"], org, _minor_units(intent, "amount_received"), intent["currency"],
         settlement_currency=settlement_currency, origin=origin)
     if outcome in ("credited", "duplicate"):
         enter_org(conn, org)
         if attempt is not None:
-            attempts.finish(conn, attempt, "succeeded", payment_intent_id=intent["id"])
+            auto_payments.finish(conn, attempt, "succeeded", payment_intent_id=intent["id"])
         if card is not None:
-            cards.record(conn, org, card)
+            saved_cards.record(conn, org, card)
     return outcome
 
 
 def apply(conn: psycopg.Connection, event: dict[str, Any], settlement_currency: str,
-          card: cards.SavedCard | None = None) -> tuple[str, str | None]:
+          card: saved_cards.SavedCard | None = None) -> tuple[str, str | None]:
     """Apply one event's effect; return its outcome and the PaymentIntent it concerns.
-    `card`: the card the payment saved (cards.card_to_save, read before the transaction)."""
+    `card`: the card the payment saved (saved_cards.card_to_save, read before the transaction)."""
     kind, obj = event["type"], event["data"]["object"]
     if kind == "payment_intent.succeeded":
         return credit_intent(conn, obj, settlement_currency, event["id"], card), obj.get("id")
     if kind == "payment_intent.payment_failed":
-        org, attempt = tagged_org(obj.get("metadata")), attempts.attempt_of(obj.get("metadata"))
+        org = tagged_org(obj.get("metadata"))
+        attempt = auto_payments.attempt_of(obj.get("metadata"))
         if org is None or attempt is None:  # Checkout shows its own failures to the payer
             return "ignored_not_auto_topup", obj.get("id")
         enter_org(conn, org)
-        ended = attempts.finish(conn, attempt, "failed", attempts.failure_of_intent(obj))
+        ended = auto_payments.finish(conn, attempt, "failed", auto_payments.failure_of_intent(obj))
         return f"auto_topup_{ended}", obj.get("id")
     if kind in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
         org = tagged_org(obj.get("metadata"))
@@ -220,7 +220,7 @@ def apply(conn: psycopg.Connection, event: dict[str, Any], settlement_currency: 
 
 
 def process(conn: psycopg.Connection, event: dict[str, Any], settlement_currency: str,
-            card: cards.SavedCard | None = None) -> str:
+            card: saved_cards.SavedCard | None = None) -> str:
     """Store and apply an event in one transaction; 'duplicate' if it was processed before.
 
     On failure the transaction rolls back, the failure is recorded, and the error is

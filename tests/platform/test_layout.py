@@ -1,5 +1,6 @@
 """The layout's one rule: imports run one way. platform imports no domain; ledger stands on
-platform only; usage and topups stand on ledger and platform, never on each other."""
+platform only; usage and topups stand on ledger and platform, never on each other;
+autotopup on topups; the worker (jobs) on the domains whose work it runs."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ ALLOWED = {
     "usage": {"platform", "ledger"},
     "topups": {"platform", "ledger"},
     "notifications": {"platform", "ledger"},
-    "portal": {"platform", "ledger", "usage", "topups", "notifications"},
+    "autotopup": {"platform", "ledger", "topups"},
+    "jobs": {"platform", "notifications", "autotopup", "topups"},
+    "portal": {"platform", "ledger", "usage", "topups", "notifications", "autotopup"},
 }
 
 

@@ -411,9 +411,13 @@ def test_screenshots_after_a_payment(live_gateway: LiveGateway, browser: Any,
     browser.find_element(By.ID, "pay").click()
     WebDriverWait(browser, WAIT_SECONDS).until(ec.url_contains("success=true"))
     payment_status_becomes(browser, "credits added")
-    # As a customer reads it: one balance, exact, on the card and in the history.
+    # As a customer reads it: the card's balance, and beside it the exact one the history
+    # ends at.
     after = browser.find_elements(By.CSS_SELECTOR, "#history td.col-after")
-    assert balance_shown(browser) == after[0].text == "$138.0625"
+    assert balance_shown(browser) == "$138.06"
+    assert browser.find_element(By.ID, "balance-exact").text.startswith(
+        f"Exactly {after[0].text}")
+    assert after[0].text == "$138.0625"
     assert [c.text for c in browser.find_elements(By.CSS_SELECTOR, "#history td.col-sms")
             if c.text] == ["240", "3,400", "85", "1,200"]
     assert browser.find_element(By.ID, "spend-summary").text.startswith(

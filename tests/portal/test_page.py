@@ -99,13 +99,14 @@ def test_page_shows_the_balance_and_the_add_funds_form(sign_in: SignIn, org: uui
     assert "low-balance" not in page.ids
 
 
-def test_a_sub_cent_balance_reads_the_same_on_the_card_and_in_the_history(
+def test_a_sub_cent_balance_is_shown_exactly_beside_the_formatted_one(
         sign_in: SignIn, org: uuid.UUID, credit: Credit, client: FlaskClient,
         auth: TokenFactory) -> None:
     credit(org, "1500.00")
     _charge(client, auth, org, 85)  # 0.6375: the ledger holds 1499.3625
     page, html = _page(sign_in(org))
-    assert _text_of(html, "balance") == "$1,499.3625"
+    assert _text_of(html, "balance") == "$1499.36"  # the API's `formatted` (the contract)
+    assert _text_of(html, "balance-exact").startswith("Exactly $1,499.3625")
     assert page.ids["balance"]["data-amount"] == "1499.3625"
     assert _column(html, "col-after") == ["$1,499.3625", "$1,500.00"]
     assert _column(html, "amount") == ["\u2212$0.6375", "+$1,500.00"]
@@ -120,7 +121,8 @@ def test_sms_counts_are_grouped_in_thousands(sign_in: SignIn, org: uuid.UUID, cr
     assert _column(html, "col-sms") == ["3,725", "1,200", ""]
     assert ("$36.9375 spent on 4,925 SMS in the last 30 days; busiest day $36.9375."
             in " ".join(html.split()))
-    assert _text_of(html, "balance") == "$63.0625"
+    assert _text_of(html, "balance") == "$63.06"
+    assert _text_of(html, "balance-exact").startswith("Exactly $63.0625")
 
 
 def test_low_balance_banner_below_the_default_threshold(sign_in: SignIn, org: uuid.UUID,
