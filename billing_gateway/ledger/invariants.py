@@ -218,6 +218,29 @@ _CHECKS = {
            AND o.alert_state <> CASE last.type WHEN 'balance.low' THEN 'low'
                                                WHEN 'balance.depleted' THEN 'depleted'
                                                ELSE 'ok' END""",
+    # Auto top-up (sql/013_auto_topup.sql): the org's attempt in flight is the one its row
+    # names, and an attempt is succeeded only with its payment's credit, of its amount.
+    "the attempt in flight is the one the org names": """
+        SELECT coalesce(o.id, a.org_id),
+               format('org names attempt %%s; attempt in flight %%s (%%s)',
+                      o.auto_topup_attempt, a.id, a.status)
+          FROM (SELECT * FROM organizations WHERE auto_topup_attempt IS NOT NULL
+                   AND (%(org)s::uuid IS NULL OR id = %(org)s::uuid)) o
+          FULL JOIN (SELECT * FROM auto_topup_attempts
+                      WHERE status IN ('pending', 'submitted')
+                        AND (%(org)s::uuid IS NULL OR org_id = %(org)s::uuid)) a
+            ON a.id = o.auto_topup_attempt AND a.org_id = o.id
+         WHERE o.id IS NULL OR a.id IS NULL""",
+    "every succeeded auto top-up was credited by its payment": """
+        SELECT a.org_id, format('attempt %%s of %%s, payment %%s: %%s', a.id, a.amount,
+                                a.payment_intent_id,
+                                coalesce('credited ' || t.amount, 'no credit'))
+          FROM auto_topup_attempts a
+          LEFT JOIN billing_transactions t
+                 ON t.org_id = a.org_id AND t.payment_intent_id = a.payment_intent_id
+                AND t.type = 'purchase'
+         WHERE a.status = 'succeeded' AND (%(org)s::uuid IS NULL OR a.org_id = %(org)s::uuid)
+           AND (t.id IS NULL OR t.amount <> a.amount)""",
 }
 
 

@@ -146,8 +146,16 @@ BEGIN
         RETURN 'already_' || v_attempt.status;
     END IF;
     v_org := lock_organization(v_attempt.org_id);
+    IF p_status = 'succeeded' THEN
+        SELECT * INTO STRICT v_credit FROM billing_transactions
+         WHERE org_id = v_org.id AND payment_intent_id = p_payment_intent_id
+           AND type = 'purchase';
+    END IF;
     UPDATE auto_topup_attempts
        SET status = p_status,
+           -- What was charged and credited (the worker rounds up to the currency's minor
+           -- unit, and its record of that may have died with it).
+           amount = coalesce(v_credit.amount, amount),
            payment_intent_id = coalesce(p_payment_intent_id, payment_intent_id),
            failure_code = CASE WHEN p_status = 'failed' THEN p_failure_code END,
            decline_code = CASE WHEN p_status = 'failed' THEN p_decline_code END,
@@ -160,9 +168,6 @@ BEGIN
         RETURN p_status;
     END IF;
     IF p_status = 'succeeded' THEN
-        SELECT * INTO STRICT v_credit FROM billing_transactions
-         WHERE org_id = v_org.id AND payment_intent_id = p_payment_intent_id
-           AND type = 'purchase';
         UPDATE organizations SET auto_topup_failures = 0, auto_topup_not_before = NULL
          WHERE id = v_org.id;
         PERFORM write_money_event(v_org.id, 'auto_topup.succeeded', v_credit.seq,
@@ -234,6 +239,11 @@ $$;
 DROP POLICY IF EXISTS saved_cards_tenant ON saved_cards;
 CREATE POLICY saved_cards_tenant ON saved_cards
     USING (org_id = billing_current_org()) WITH CHECK (org_id = billing_current_org());
+
+-- A bulk charge across orgs runs in their tenant set; its trigger reads each org's card.
+DROP POLICY IF EXISTS saved_cards_tenant_set ON saved_cards;
+CREATE POLICY saved_cards_tenant_set ON saved_cards FOR SELECT
+    USING ((SELECT billing_current_org_set()) ? org_id::text);
 
 DROP POLICY IF EXISTS auto_topup_attempts_tenant ON auto_topup_attempts;
 CREATE POLICY auto_topup_attempts_tenant ON auto_topup_attempts

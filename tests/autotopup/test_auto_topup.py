@@ -211,3 +211,22 @@ def test_a_worker_dying_after_stripe_answered_retries_with_the_same_key(
     assert deliver(client, so.event("payment_intent.succeeded", intent)).status_code == 200
     assert balance(owner_conn, org) == Decimal("50.00")
     assert attempts_of(owner_conn, org)[0]["status"] == "succeeded"
+
+
+def test_a_bulk_charge_across_orgs_starts_one_attempt_for_each_org_it_takes_below(
+        client: FlaskClient, auth: TokenFactory, org: uuid.UUID, other_org: uuid.UUID,
+        stripe_api: responses.RequestsMock, owner_conn: psycopg.Connection) -> None:
+    for each in (org, other_org):
+        save_card(client, auth, stripe_api, each)  # 25.00 each
+        turn_on(client, auth, each, "10.00", "50.00")
+    items = [{"orgId": str(each), "smsCount": 1, "costPerSms": "1.00",
+              "messageId": f"bulk-{each}-{i}"} for i in range(20) for each in (org, other_org)]
+    items += [{"orgId": str(other_org), "smsCount": 1, "costPerSms": "100.00",
+               "messageId": "too-much"}]  # refused: no second attempt either
+    answer = client.post("/api/billing/deduct/bulk", headers=auth("service"),
+                         json={"charges": items})
+    assert answer.status_code in (200, 201, 207), answer.get_json()
+    for each in (org, other_org):
+        [attempt] = attempts_of(owner_conn, each)
+        assert (attempt["balance_at_trigger"], attempt["amount"]) == (
+            Decimal("5.00"), Decimal("45.00"))
