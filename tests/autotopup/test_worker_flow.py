@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+import pytest
 
 from tests.autotopup.conftest import attempts_of
 from tests.notifications.test_money_events import events
@@ -117,4 +118,139 @@ def test_a_card_saved_by_paying_tops_up_to_the_target_through_the_worker_and_the
         str(attempt["id"]), intent["id"])
     assert Decimal(str(succeeded[0]["amount"])) == CHARGED
     assert "auto_topup.failed" not in _event_types(owner_conn, org)
+    assert worker.stop() == 0
+
+
+def _killed_while_stripe_answers(stack: FlowStack, flow_worker: WorkerFactory,
+                                 owner_conn: psycopg.Connection, org: uuid.UUID,
+                                 delay: float) -> dict[str, Any]:
+    """Start an attempt, let a worker send it to a stripe-sim that charges the card, sends
+    its webhook (held at the gate) and answers only after `delay` s, and SIGKILL the worker
+    while stripe-sim sleeps: the charge made at Stripe, nothing recorded here. The attempt."""
+    _card_on_file_and_on(stack, org)
+    stack.gate.hold()
+    stack.script_charge(outcome="timeout", delay=delay)
+    stack.charge(org, CHARGE)
+    # Its own wait longer than stripe-sim's: it would still be waiting when killed.
+    first = flow_worker(STRIPE_TIMEOUT=str(delay + 10))
+    [succeeded] = stack.gate.wait_for_kept(1)  # sent just before stripe-sim's sleep
+    assert succeeded.type == "payment_intent.succeeded"
+    [sent] = stack.stripe_calls.intent_posts()
+    assert sent.status is None, "stripe-sim answered before the kill"
+    first.kill()
+    attempt = _one_attempt(owner_conn, org)
+    assert (attempt["status"], attempt["tries"], attempt["payment_intent_id"]) == (
+        "pending", 0, None)  # the worker's transaction died with it
+    assert sent.idempotency_key == str(attempt["id"])
+    assert succeeded.object["metadata"]["auto_topup_attempt"] == str(attempt["id"])
+    return attempt
+
+
+def test_a_worker_killed_while_stripe_answers_leaves_the_attempt_to_the_next_with_one_payment(
+        flow_stack: FlowStack, flow_worker: WorkerFactory, org: uuid.UUID,
+        owner_conn: psycopg.Connection) -> None:
+    stack = flow_stack
+    attempt = _killed_while_stripe_answers(stack, flow_worker, owner_conn, org, delay=3)
+    # The next worker starts once stripe-sim has answered the dead one (while that request
+    # runs, stripe-sim answers the same key 409: the other test below).
+    [sent] = stack.stripe_calls.intent_posts()
+    wait_until(lambda: sent.status is not None, lambda: "stripe-sim never answered")
+    second = flow_worker()
+    wait_until(lambda: _status(owner_conn, org) == "submitted",
+               lambda: f"attempt {_one_attempt(owner_conn, org)}\n{second.output()}")
+    # The same key, replayed by stripe-sim: one PaymentIntent for the attempt.
+    posts = stack.stripe_calls.intent_posts()
+    assert [(c.idempotency_key, c.status) for c in posts] == [(str(attempt["id"]), 200)] * 2
+    [intent] = _intents_of(stack, attempt["id"])
+    assert (intent["status"], intent["amount"]) == ("succeeded", 4001)
+    assert _one_attempt(owner_conn, org)["payment_intent_id"] == intent["id"]
+    assert stack.balance(org) == LOW  # credits come only from the webhook
+
+    assert stack.gate.release() == [("payment_intent.succeeded", 200)]
+    assert stack.balance(org) == LOW + CHARGED
+    [held] = [e for e in stack.sim_intents() if e["id"] == intent["id"]]
+    assert held["amount_received"] == 4001
+    assert _status(owner_conn, org) == "succeeded"
+    assert [r for r in _purchases(owner_conn, org) if r[2] == intent["id"]] == [
+        ("purchase", CHARGED, intent["id"])]
+    assert _event_types(owner_conn, org).count("auto_topup.succeeded") == 1
+    assert "auto_topup.failed" not in _event_types(owner_conn, org)
+    assert second.stop() == 0
+
+
+# Service bug, reported rather than fixed here: attempts._charge takes Stripe's 409 (the key
+# still in use by the first request) through provider_error to IdempotencyConflict, which is
+# not StripeOutcomeUnknown, and fails the attempt ("rejected") although Stripe has charged the
+# card: the customer is told (auto_topup.failed, emailed) that a top-up failed which then
+# succeeds, and the failure counts toward the pause. Strict: passes once the worker treats a
+# 409 as "try again later"; then drop the marker.
+KEY_IN_USE_FAILS_THE_ATTEMPT = pytest.mark.xfail(
+    strict=True, raises=AssertionError,
+    reason="bug: the worker fails an attempt on Stripe's 409 idempotency_key_in_use")
+
+
+@KEY_IN_USE_FAILS_THE_ATTEMPT
+def test_a_worker_meeting_the_killed_ones_request_still_running_tries_again_later(
+        flow_stack: FlowStack, flow_worker: WorkerFactory, org: uuid.UUID,
+        owner_conn: psycopg.Connection) -> None:
+    stack = flow_stack
+    attempt = _killed_while_stripe_answers(stack, flow_worker, owner_conn, org, delay=6)
+    second = flow_worker()
+    # While the dead worker's request sleeps, stripe-sim answers the same key 409 (and so
+    # does the SDK's own retry of it).
+    wait_until(lambda: _one_attempt(owner_conn, org)["tries"] > 0
+               or _status(owner_conn, org) != "pending",
+               lambda: f"attempt {_one_attempt(owner_conn, org)}\n{second.output()}")
+    [sent, *again] = stack.stripe_calls.intent_posts()
+    assert again and {(c.idempotency_key, c.status) for c in again} == {
+        (str(attempt["id"]), 409)}
+    assert sent.status is None  # the first request still runs
+    found = _one_attempt(owner_conn, org)
+    # Stripe took the payment; a key in use says nothing about it: try again later.
+    assert (found["status"], found["failure_code"]) == ("pending", None), second.output()
+    assert "auto_topup.failed" not in _event_types(owner_conn, org)
+    wait_until(lambda: sent.status is not None, lambda: "stripe-sim never answered")
+    owner_conn.execute("UPDATE auto_topup_attempts SET next_try_at = now() WHERE id = %s",
+                       (attempt["id"],))  # the retry delay is over
+    wait_until(lambda: _status(owner_conn, org) == "submitted",
+               lambda: f"attempt {_one_attempt(owner_conn, org)}\n{second.output()}")
+    assert stack.stripe_calls.intent_posts()[-1].status == 200  # the first answer, replayed
+    assert len(_intents_of(stack, attempt["id"])) == 1
+    assert stack.gate.release() == [("payment_intent.succeeded", 200)]
+    assert stack.balance(org) == LOW + CHARGED
+    assert _status(owner_conn, org) == "succeeded"
+    assert _event_types(owner_conn, org).count("auto_topup.succeeded") == 1
+    assert "auto_topup.failed" not in _event_types(owner_conn, org)
+    assert second.stop() == 0
+
+
+@KEY_IN_USE_FAILS_THE_ATTEMPT
+def test_a_stripe_slower_than_the_worker_waits_is_tried_again_not_failed(
+        flow_stack: FlowStack, flow_worker: WorkerFactory, org: uuid.UUID,
+        owner_conn: psycopg.Connection) -> None:
+    # The same bug with no crash at all: Stripe answers after STRIPE_TIMEOUT, the SDK's own
+    # retry (STRIPE_MAX_RETRIES, same key) meets the first request still running.
+    stack = flow_stack
+    _card_on_file_and_on(stack, org)
+    stack.gate.hold()
+    stack.script_charge(outcome="timeout", delay=5)
+    stack.charge(org, CHARGE)
+    worker = flow_worker(STRIPE_TIMEOUT="1")
+    wait_until(lambda: _one_attempt(owner_conn, org)["tries"] > 0
+               or _status(owner_conn, org) != "pending",
+               lambda: f"attempt {_one_attempt(owner_conn, org)}\n{worker.output()}")
+    attempt = _one_attempt(owner_conn, org)
+    [sent, *again] = stack.stripe_calls.intent_posts()
+    assert sent.status is None and [c.status for c in again] == [409]
+    assert (attempt["status"], attempt["failure_code"]) == ("pending", None), worker.output()
+    assert "auto_topup.failed" not in _event_types(owner_conn, org)
+    wait_until(lambda: sent.status is not None, lambda: "stripe-sim never answered")
+    owner_conn.execute("UPDATE auto_topup_attempts SET next_try_at = now() WHERE id = %s",
+                       (attempt["id"],))  # the retry delay is over
+    wait_until(lambda: _status(owner_conn, org) == "submitted",
+               lambda: f"attempt {_one_attempt(owner_conn, org)}\n{worker.output()}")
+    assert len(_intents_of(stack, attempt["id"])) == 1
+    assert stack.gate.release() == [("payment_intent.succeeded", 200)]
+    assert stack.balance(org) == LOW + CHARGED
+    assert _status(owner_conn, org) == "succeeded"
     assert worker.stop() == 0
