@@ -16,12 +16,14 @@ import psycopg
 import pytest
 
 from tests.autotopup.conftest import attempts_of
+from tests.notifications.test_emails import body_of
 from tests.notifications.test_money_events import events
 from tests.plugins.browser import wait_until
 from tests.plugins.webhooks import ledger_rows
 
 if TYPE_CHECKING:  # imported by pytest below, as a plugin (its asserts rewritten)
     from tests.plugins.auto_topup_flow import FlowStack, WorkerFactory
+    from tests.plugins.smtp import LocalSmtpServer
 
 pytest_plugins = ["tests.plugins.auto_topup_flow"]
 
@@ -176,6 +178,68 @@ def test_a_worker_killed_while_stripe_answers_leaves_the_attempt_to_the_next_wit
     assert _event_types(owner_conn, org).count("auto_topup.succeeded") == 1
     assert "auto_topup.failed" not in _event_types(owner_conn, org)
     assert second.stop() == 0
+
+
+def test_a_declined_card_fails_the_attempt_announces_it_and_emails_the_billing_contacts(
+        flow_stack: FlowStack, flow_worker: WorkerFactory, smtp_server: LocalSmtpServer,
+        org: uuid.UUID, owner_conn: psycopg.Connection) -> None:
+    stack = flow_stack
+    _card_on_file_and_on(stack, org)
+    alerts = stack.api("PUT", f"/orgs/{org}/alerts", "member", org, json={
+        "lowBalanceThreshold": None, "emails": ["billing@customer.example"]})
+    assert alerts.status_code == 200, alerts.text
+    stack.script_charge(outcome="card_declined")
+    stack.charge(org, CHARGE)
+    worker = flow_worker(BILLING_SMTP_URL=smtp_server.url,
+                         BILLING_EMAIL_FROM="billing@sms.example.com")
+    wait_until(lambda: _status(owner_conn, org) == "failed",
+               lambda: f"attempt {_one_attempt(owner_conn, org)}\n{worker.output()}")
+
+    attempt = _one_attempt(owner_conn, org)
+    [intent] = _intents_of(stack, attempt["id"])  # declined at stripe-sim, as Stripe does
+    assert (intent["status"], intent["last_payment_error"]["code"]) == (
+        "requires_payment_method", "card_declined")
+    assert (attempt["failure_code"], attempt["decline_code"], attempt["failure_message"],
+            attempt["payment_intent_id"]) == (
+        "card_declined", "generic_decline", "Your card was declined.", intent["id"])
+    # stripe-sim's payment_intent.payment_failed follows its 402: it finds the attempt
+    # already failed and announces nothing more.
+    wait_until(lambda: ("payment_intent.payment_failed", 200) in stack.gate.passed,
+               lambda: f"the webhook never passed: {stack.gate.passed}")
+    assert owner_conn.execute(
+        "SELECT type, outcome FROM stripe_events WHERE payment_intent_id = %s",
+        (intent["id"],)).fetchall() == [("payment_intent.payment_failed",
+                                         "auto_topup_already_failed")]
+    failed = [(data, ident) for kind, data, ident in owner_conn.execute(
+        "SELECT type, data, id FROM outbox_events WHERE org_id = %s ORDER BY seq", (org,))
+        if kind == "auto_topup.failed"]
+    [(data, event_id)] = failed
+    assert (data["attemptId"], data["code"], data["declineCode"], data["reason"],
+            data["consecutiveFailures"], data["paused"]) == (
+        str(attempt["id"]), "card_declined", "generic_decline", "Your card was declined.",
+        1, False)
+    assert stack.balance(org) == LOW and len(_purchases(owner_conn, org)) == 1
+    shown = stack.auto_top_up(org)
+    assert (shown["enabled"], shown["paused"], shown["consecutiveFailures"]) == (
+        True, False, 1)
+    assert (shown["lastAttempt"]["status"], shown["lastAttempt"]["failureCode"],
+            shown["lastAttempt"]["declineCode"]) == ("failed", "card_declined",
+                                                     "generic_decline")
+    assert shown["nextAttemptNotBefore"] is not None
+
+    [mail] = smtp_server.wait_for(1, timeout=15)
+    assert mail.rcpt_tos == ["billing@customer.example"]
+    assert mail.message["Subject"] == (
+        "Automatic top-up failed: your SMS credit balance is $9.99")
+    assert mail.message["X-Billing-Event-Id"] == str(event_id)
+    body = body_of(mail)
+    assert "Reason:          Your card was declined." in body
+    assert "Top-up amount:   $40.01" in body
+    wait_until(lambda: owner_conn.execute(
+        "SELECT status FROM deliveries WHERE event_id = %s", (event_id,)).fetchall()
+        == [("delivered",)], lambda: f"the email's delivery never ended\n{worker.output()}")
+    assert len(smtp_server.messages) == 1  # the only email: nothing else was due one
+    assert worker.stop() == 0
 
 
 # Service bug, reported rather than fixed here: attempts._charge takes Stripe's 409 (the key
