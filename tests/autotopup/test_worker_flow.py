@@ -13,7 +13,6 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-import pytest
 
 from tests.autotopup.conftest import attempts_of
 from tests.notifications.test_emails import body_of
@@ -244,18 +243,8 @@ def test_a_declined_card_fails_the_attempt_announces_it_and_emails_the_billing_c
     assert worker.stop() == 0
 
 
-# Service bug, reported rather than fixed here: attempts._charge takes Stripe's 409 (the key
-# still in use by the first request) through provider_error to IdempotencyConflict, which is
-# not StripeOutcomeUnknown, and fails the attempt ("rejected") although Stripe has charged the
-# card: the customer is told (auto_topup.failed, emailed) that a top-up failed which then
-# succeeds, and the failure counts toward the pause. Strict: passes once the worker treats a
-# 409 as "try again later"; then drop the marker.
-KEY_IN_USE_FAILS_THE_ATTEMPT = pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="bug: the worker fails an attempt on Stripe's 409 idempotency_key_in_use")
-
-
-@KEY_IN_USE_FAILS_THE_ATTEMPT
+# Stripe's 409 (the key still in use by the first request) says nothing about the payment:
+# the attempt is tried again later with the same key, never failed (attempts._charge).
 def test_a_worker_meeting_the_killed_ones_request_still_running_tries_again_later(
         flow_stack: FlowStack, flow_worker: WorkerFactory, org: uuid.UUID,
         owner_conn: psycopg.Connection) -> None:
@@ -290,7 +279,6 @@ def test_a_worker_meeting_the_killed_ones_request_still_running_tries_again_late
     assert second.stop() == 0
 
 
-@KEY_IN_USE_FAILS_THE_ATTEMPT
 def test_a_stripe_slower_than_the_worker_waits_is_tried_again_not_failed(
         flow_stack: FlowStack, flow_worker: WorkerFactory, org: uuid.UUID,
         owner_conn: psycopg.Connection) -> None:
