@@ -20,8 +20,14 @@ import psycopg
 import stripe
 
 from billing_gateway.platform.config import Settings
-from billing_gateway.platform.db import as_app_role, enter_org, stripe_transaction
+from billing_gateway.platform.db import (
+    as_app_role,
+    autotopup_transaction,
+    enter_org,
+    stripe_transaction,
+)
 from billing_gateway.topups import (
+    auto_payments,
     checkout,
     payments,
     saved_cards,
@@ -93,6 +99,7 @@ def run(settings: Settings, dsn: str, since: dt.timedelta,
             report.reprocessed.append(event["id"])
             say(f"processed stored event {event['id']} ({event['type']}): {outcome}")
         settle_checkout_requests(client, conn, created_after, report, say)
+        settle_auto_topups(client, conn, settings.currency, report, say)
         with stripe_transaction(conn):
             to_review = payments.needs_review(conn)
         for item in to_review:  # however old: each stays until an admin marks it reviewed
@@ -149,3 +156,31 @@ def settle_checkout_requests(client: stripe.StripeClient, conn: psycopg.Connecti
         report.abandoned.append(request.stripe_idempotency_key)
         say(f"abandoned top-up request {request.stripe_idempotency_key} of org "
             f"{request.org_id}: Stripe has no session for it")
+
+
+def settle_auto_topups(client: stripe.StripeClient, conn: psycopg.Connection, currency: str,
+                       report: Report, say: Callable[[str], None]) -> None:
+    """End each auto top-up Stripe took (submitted) more than STALE_AFTER_SECONDS ago whose
+    webhook never came, as its PaymentIntent now stands: credited if it succeeded, failed if
+    Stripe gave up on it. Without this, a lost event would leave the attempt in flight and
+    the org's auto top-up stopped for good."""
+    with autotopup_transaction(conn):
+        stale = conn.execute(
+            "SELECT id, org_id, payment_intent_id FROM auto_topup_attempts"
+            " WHERE status = 'submitted' AND updated_at < now() - make_interval(secs => %s)"
+            " ORDER BY updated_at", (checkout.STALE_AFTER_SECONDS,)).fetchall()
+    for attempt_id, org_id, intent_id in stale:
+        intent = client.v1.payment_intents.retrieve(intent_id).to_dict()
+        status = intent.get("status")
+        with stripe_transaction(conn):
+            if status == "succeeded":
+                outcome = webhook_events.credit_intent(conn, intent, currency, "reconcile")
+            elif status in ("requires_payment_method", "canceled"):
+                enter_org(conn, org_id)
+                outcome = auto_payments.finish(conn, attempt_id, "failed",
+                                               auto_payments.failure_of_intent(intent))
+            else:  # processing: Stripe has not decided yet
+                continue
+        report.repaired.append(intent_id)
+        say(f"auto top-up {attempt_id} of org {org_id}: payment {intent_id} is {status}"
+            f" ({outcome})")
