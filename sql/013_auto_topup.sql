@@ -86,3 +86,7 @@ ALTER TABLE auto_topup_attempts FORCE ROW LEVEL SECURITY;
 
 GRANT SELECT, INSERT, UPDATE, DELETE ON saved_cards TO billing_app;
 GRANT SELECT, INSERT, UPDATE ON auto_topup_attempts TO billing_app;
+
+-- A Customer Stripe no longer has (deleted, or the deployment moved to other keys) is
+-- replaced by a new one (billing_gateway/topups/customers.py).
+GRANT UPDATE ON stripe_customers TO billing_app;

@@ -137,15 +137,32 @@ def create_checkout_session(
     return result
 
 
-def create_customer(client: stripe.StripeClient, org_id: uuid.UUID) -> str:
+def create_customer(client: stripe.StripeClient, org_id: uuid.UUID,
+                    replacing: str | None = None) -> str:
     """Create the org's Stripe Customer, tagged; the key makes a concurrent or repeated
-    call answer the same Customer (for Stripe's 24 hours of idempotency)."""
+    call answer the same Customer (for Stripe's 24 hours of idempotency). `replacing`: the
+    Customer Stripe no longer has, which makes the key another (and still one for racers)."""
+    key = f"{SOURCE}-customer-{org_id}" + (f"-after-{replacing}" if replacing else "")
     try:
-        customer = client.v1.customers.create(
-            {"metadata": tag(org_id)}, {"idempotency_key": f"{SOURCE}-customer-{org_id}"})
+        customer = client.v1.customers.create({"metadata": tag(org_id)},
+                                              {"idempotency_key": key})
     except stripe.StripeError as exc:
         raise provider_error(exc) from exc
     return str(customer.id)
+
+
+def customer_exists(client: stripe.StripeClient, customer: str) -> bool:
+    """Whether Stripe still has the Customer: not deleted, and known to this account (a
+    deployment that moved to other keys, or stripe-sim restarted, knows none of the old)."""
+    try:
+        found = client.v1.customers.retrieve(customer)
+    except stripe.InvalidRequestError as exc:
+        if exc.http_status == 404 or exc.code == "resource_missing":
+            return False
+        raise provider_error(exc) from exc
+    except stripe.StripeError as exc:
+        raise provider_error(exc) from exc
+    return not found.to_dict().get("deleted", False)
 
 
 class StripeOutcomeUnknown(PaymentProviderError):

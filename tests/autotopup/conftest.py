@@ -59,8 +59,9 @@ def save_card(client: FlaskClient, auth: TokenFactory, mock: responses.RequestsM
     card is on file. The PaymentIntent."""
     customer = f"cus_{org.hex[:14]}"
     method = so.payment_method(customer=customer, last4=last4, exp_year=exp_year)
-    mock.add(responses.POST, f"{STRIPE}/customers", json={
-        "id": customer, "object": "customer", "metadata": so.ours(org)})
+    made = {"id": customer, "object": "customer", "metadata": so.ours(org)}
+    mock.add(responses.POST, f"{STRIPE}/customers", json=made)
+    mock.add(responses.GET, f"{STRIPE}/customers/{customer}", json=made)
     mock.add(responses.POST, f"{STRIPE}/checkout/sessions", json=so.checkout_session(
         org=org, amount_total=2500, status="open", payment_status="unpaid"))
     mock.add(responses.GET, f"{STRIPE}/payment_methods/{method['id']}", json=method)

@@ -266,9 +266,10 @@ def test_a_custom_amount_may_be_written_as_the_page_writes_it(
 
 
 def _stub_customer(stripe_api: responses.RequestsMock, org: uuid.UUID) -> str:
-    stripe_api.add(responses.POST, STRIPE_CUSTOMERS, json={
-        "id": "cus_Page0001", "object": "customer", "metadata": {
-            "source": "billing-gateway", "org_id": str(org)}})
+    made = {"id": "cus_Page0001", "object": "customer", "metadata": {
+        "source": "billing-gateway", "org_id": str(org)}}
+    stripe_api.add(responses.POST, STRIPE_CUSTOMERS, json=made)
+    stripe_api.add(responses.GET, f"{STRIPE_CUSTOMERS}/cus_Page0001", json=made)
     return "cus_Page0001"
 
 

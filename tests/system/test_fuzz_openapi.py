@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -47,6 +48,12 @@ def served(settings: Settings) -> Iterator[str]:
         stripe_api.add_callback(responses.POST, "https://api.stripe.com/v1/customers",
                                 callback=lambda _request: (200, {}, json.dumps({
                                     "id": f"cus_{uuid.uuid4().hex[:14]}",
+                                    "object": "customer", "metadata": {}})))
+        # ... and still has it when the org's next checkout saves a card.
+        stripe_api.add_callback(responses.GET,
+                                re.compile(r"https://api\.stripe\.com/v1/customers/cus_\w+"),
+                                callback=lambda request: (200, {}, json.dumps({
+                                    "id": request.url.rsplit("/", 1)[1],
                                     "object": "customer", "metadata": {}})))
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         server = make_server("127.0.0.1", 0, app, threaded=True)

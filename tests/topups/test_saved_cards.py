@@ -21,9 +21,10 @@ STRIPE_CUSTOMERS = "https://api.stripe.com/v1/customers"
 
 
 def _stub(mock: responses.RequestsMock, org: uuid.UUID, customer: str = "cus_Sim0001") -> None:
-    mock.add(responses.POST, STRIPE_CUSTOMERS, json={
-        "id": customer, "object": "customer", "metadata": {
-            "source": "billing-gateway", "org_id": str(org)}})
+    made = {"id": customer, "object": "customer", "metadata": {
+        "source": "billing-gateway", "org_id": str(org)}}
+    mock.add(responses.POST, STRIPE_CUSTOMERS, json=made)
+    mock.add(responses.GET, f"{STRIPE_CUSTOMERS}/{customer}", json=made)
     mock.add(responses.POST, STRIPE_SESSIONS, json=stripe_objects.checkout_session(
         org=org, amount_total=2500, status="open", payment_status="unpaid"))
 
@@ -108,3 +109,28 @@ def test_save_card_is_true_or_false_only(app: Flask, auth: TokenFactory, org: uu
         assert answer.status_code == 400, value
         assert "saveCard" in answer.get_json()["error"]["fields"]
     assert len(stripe_api.calls) == 0
+
+
+def test_a_customer_stripe_no_longer_has_is_replaced_once(
+        app: Flask, auth: TokenFactory, org: uuid.UUID, stripe_api: responses.RequestsMock,
+        owner_conn: psycopg.Connection) -> None:
+    _stub(stripe_api, org, customer="cus_Old")
+    first = app.test_client().post(CHECKOUT, headers=auth("member", org),
+                                   json={"amount": "25.00", "saveCard": True})
+    assert first.status_code == 201
+    # Stripe deleted it (or the deployment now has another account's keys).
+    stripe_api.replace(responses.GET, f"{STRIPE_CUSTOMERS}/cus_Old", status=404, json={
+        "error": {"type": "invalid_request_error", "code": "resource_missing",
+                  "param": "id", "message": "No such customer: 'cus_Old'"}})
+    stripe_api.replace(responses.POST, STRIPE_CUSTOMERS, json={
+        "id": "cus_New", "object": "customer", "metadata": {
+            "source": "billing-gateway", "org_id": str(org)}})
+    again = app.test_client().post(CHECKOUT, headers=auth("member", org),
+                                   json={"amount": "25.00", "saveCard": True})
+    assert again.status_code == 201, again.get_json()
+    made = _calls(stripe_api, STRIPE_CUSTOMERS)
+    assert [c.request.headers["Idempotency-Key"] for c in made] == [
+        f"billing-gateway-customer-{org}", f"billing-gateway-customer-{org}-after-cus_Old"]
+    assert _form(_calls(stripe_api, STRIPE_SESSIONS)[-1])["customer"] == ["cus_New"]
+    assert owner_conn.execute("SELECT customer_id FROM stripe_customers WHERE org_id = %s",
+                              (org,)).fetchall() == [("cus_New",)]
