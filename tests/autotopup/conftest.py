@@ -5,7 +5,7 @@ connection and Stripe client."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -16,7 +16,6 @@ from flask.testing import FlaskClient
 
 from billing_gateway.autotopup import attempts
 from billing_gateway.platform.config import Settings
-from billing_gateway.platform.db import as_app_role
 from billing_gateway.topups import stripe_client
 from tests import stripe_objects as so
 from tests.plugins.service import TokenFactory
@@ -24,14 +23,6 @@ from tests.plugins.webhooks import deliver
 
 STRIPE = "https://api.stripe.com/v1"
 AUTO_TOP_UP = "/api/billing/auto-top-up"
-
-
-@pytest.fixture
-def worker_conn(database_url: str, settings: Settings) -> Iterator[psycopg.Connection]:
-    """A connection as the worker has: the app role, autocommit."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        as_app_role(conn, settings.low_balance_default)
-        yield conn
 
 
 @pytest.fixture

@@ -26,14 +26,6 @@ from tests.plugins.service import TokenFactory
 ENDPOINTS = "/api/billing/webhook-endpoints"
 
 
-@pytest.fixture
-def worker_conn(database_url: str, settings: Settings) -> Iterator[psycopg.Connection]:
-    """A connection as the worker has: the app role, autocommit."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        as_app_role(conn, settings.low_balance_default)
-        yield conn
-
-
 def add_endpoint(client: FlaskClient, auth: TokenFactory, url: str,
                  events: list[str] | None = None) -> dict[str, Any]:
     """Create an endpoint as an admin; the 201 body."""

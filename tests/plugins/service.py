@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 
+import psycopg
 import pytest
 import responses
 from flask import Flask
@@ -14,6 +15,7 @@ from flask.testing import FlaskClient
 from billing_gateway import create_app
 from billing_gateway.platform.auth import issue_token
 from billing_gateway.platform.config import Settings
+from billing_gateway.platform.db import as_app_role
 
 TEST_SECRET = "test-secret-" + "x" * 40
 STRIPE_TEST_KEY = "sk_test_51BillingGatewayTestKey"
@@ -101,3 +103,11 @@ def credit(client: FlaskClient, auth: TokenFactory) -> Callable[..., dict]:
         return response.get_json()
 
     return add
+
+
+@pytest.fixture
+def worker_conn(database_url: str, settings: Settings) -> Iterator[psycopg.Connection]:
+    """A connection as the worker has: the app role, autocommit."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        as_app_role(conn, settings.low_balance_default)
+        yield conn
