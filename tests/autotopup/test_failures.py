@@ -47,6 +47,14 @@ def _due_now(owner_conn: psycopg.Connection, org: uuid.UUID) -> None:
                        " WHERE org_id = %s AND status = 'pending'", (org,))
 
 
+def _tries(outcome: str) -> float:
+    """billing_auto_topup_tries_total{outcome} of this process."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("billing_auto_topup_tries_total",
+                                     {"outcome": outcome}) or 0.0
+
+
 def _failed_events(owner_conn: psycopg.Connection, org: uuid.UUID) -> list[dict]:
     return [data for kind, data in events(owner_conn, org) if kind == "auto_topup.failed"]
 
@@ -96,10 +104,12 @@ def test_stripe_5xx_and_timeouts_retry_the_same_key_then_fail(
         "type": "api_error", "message": "An unknown error occurred"}})
     stripe_api.add(responses.POST, INTENTS, body=requests.ConnectTimeout("timed out"))
     outcomes = []
+    before = _tries("retry"), _tries("failed")
     for _ in range(4):
         outcomes += run_worker()
         _due_now(owner_conn, org)
     assert outcomes == ["retry", "retry", "retry", "failed"]
+    assert (_tries("retry") - before[0], _tries("failed") - before[1]) == (3, 1)
     keys = {call.request.headers["Idempotency-Key"] for call in intents_posted(stripe_api)}
     [attempt] = attempts_of(owner_conn, org)
     assert keys == {str(attempt["id"])}  # every try (and the SDK's own retries): one key
