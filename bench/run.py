@@ -118,14 +118,16 @@ def pgbench_path() -> str:
     return str(bundled) if bundled.exists() else shutil.which("pgbench") or "pgbench"
 
 
-def start_service(dsn: str, port: int) -> subprocess.Popen[bytes]:
-    """gunicorn with the production configuration module."""
+def start_service(dsn: str, port: int,
+                  app: str = "billing_gateway:create_app()") -> subprocess.Popen[bytes]:
+    """gunicorn with the production configuration module (`app`: the service, or the
+    bare-stack reference, bench/bare_stack.py)."""
     env = {**os.environ, "DATABASE_URL": dsn, "BILLING_JWT_SECRET": SECRET,
            "BILLING_ENV": "production", "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
            "BILLING_BIND": f"127.0.0.1:{port}"}
     process = subprocess.Popen(  # noqa: S603  # our own venv's gunicorn, fixed arguments
         [str(Path(sys.executable).with_name("gunicorn")), "-c",
-         "python:billing_gateway.gunicorn_conf", "billing_gateway:create_app()"], env=env)
+         "python:billing_gateway.gunicorn_conf", app], env=env, cwd=HERE.parent)
     for _ in range(150):
         try:
             if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1).ok:
@@ -284,6 +286,36 @@ def run_pgbench(dsn: str, seconds: float, spread: bool, workdir: Path) -> Result
                   p50_ms=latencies[len(latencies) // 2] / 1000,
                   p99_ms=latencies[int(len(latencies) * 0.99)] / 1000,
                   requests=len(latencies), errors=failed)
+
+
+# -- the bare-stack reference -------------------------------------------------------------
+
+BARE = "bare stack: "
+
+
+def bare_stack_rows(dsn: str, wrk: str, seconds: float, workdir: Path, run_id: str,
+                    lua: Any) -> list[Result]:
+    """GET /balance and POST /deduct (hot, spread) on bench/bare_stack.py: the same gunicorn
+    settings and SQL with nothing else, the honest limit for endpoints that also make
+    PostgreSQL work on the same cores."""
+    port = free_port()
+    bare = start_service(dsn, port, "bench.bare_stack:create_app()")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        return [
+            wrk_result(f"{BARE}GET /balance", run_wrk(
+                wrk, f"{base}/api/billing/balance?orgId={HOT_ORG}", seconds, None, "",
+                workdir)),
+            wrk_result(f"{BARE}POST /deduct, hot org", run_wrk(
+                wrk, f"{base}/api/billing/deduct", seconds, None,
+                lua(LUA_DEDUCT, SPREAD=0, RUN=run_id + "bh"), workdir), unit="charges/s"),
+            wrk_result(f"{BARE}POST /deduct, spread over 1,000 orgs", run_wrk(
+                wrk, f"{base}/api/billing/deduct", seconds, None,
+                lua(LUA_DEDUCT, SPREAD=SPREAD_ORGS, RUN=run_id + "bs"), workdir),
+                unit="charges/s"),
+        ]
+    finally:
+        stop_process(bare, timeout=20)
 
 
 # -- how cost grows (the full run only) ---------------------------------------------------
@@ -448,6 +480,7 @@ def main() -> int:
                 wrk, f"{base}/api/billing/stripe-webhook", seconds, None,
                 lua(LUA_WEBHOOK, EVENTS=str(events), PER_THREAD=per_thread), workdir),
                 unit="events/s"))
+            results += bare_stack_rows(dsn, wrk, seconds, workdir, run_id, lua)
             curves = ({} if args.quick or args.smoke or args.no_curves else
                       growth_curves(dsn, wrk, base, sms, workdir, history_rows, run_id))
             with psycopg.connect(dsn) as conn:
@@ -469,25 +502,29 @@ def main() -> int:
 
     by = {r.name: r for r in results}
     webhook = by["POST /stripe-webhook, signed events"]
-    healthz = by["GET /healthz (HTTP stack limit)"].throughput
     pg_hot = results[0].throughput
     history = [r for r in results if r.name.startswith("GET /transactions")]
+    def to_bare(name: str) -> float:
+        return by[name].throughput / by[BARE + name].throughput
+
     targets = [
+        ("POST /deduct hot >= 0.7 x bare stack", to_bare("POST /deduct, hot org"), 0.7),
+        ("POST /deduct spread >= 0.7 x bare stack",
+         to_bare("POST /deduct, spread over 1,000 orgs"), 0.7),
+        ("GET /balance >= 0.7 x bare stack", to_bare("GET /balance"), 0.7),
         ("POST /deduct hot >= 0.5 x pgbench hot", by["POST /deduct, hot org"].throughput / pg_hot,
          0.5),
-        ("POST /deduct spread >= 0.5 x /healthz",
-         by["POST /deduct, spread over 1,000 orgs"].throughput / healthz, 0.5),
-        ("GET /balance >= 0.5 x /healthz", by["GET /balance"].throughput / healthz, 0.5),
         ("bulk >= 50,000 charges/s",
          by["POST /deduct/bulk, 1,000 charges per request"].throughput, 50_000),
-        *((f"{r.name}: p99 < 10 ms", r.p99_ms or 0.0, 10.0) for r in history),
-        ("webhooks >= 1,000 events/s credited",
+        *((f"{r.name}: p99 <= 5 ms", r.p99_ms or 0.0, 5.0) for r in history),
+        ("webhooks >= 1,500 events/s credited",
          # every event wrk counted was credited (a few more finished after its window)
-         webhook.throughput if credited >= webhook.requests else 0.0, 1000),
+         webhook.throughput if credited >= webhook.requests else 0.0, 1500),
         ("each worker < 150 MB RSS", max(rss) if rss else 0.0, 150),
     ]
     rows = [{"target": name, "value": round(value, 3), "bound": bound,
-             "met": (value < bound) if ("p99" in name or "RSS" in name) else value >= bound}
+             "met": (value <= bound) if "p99" in name else (value < bound) if "RSS" in name
+             else value >= bound}
             for name, value, bound in targets]
     total_check = (history and exact is not None
                    and totals.get("first page") == exact[0]
