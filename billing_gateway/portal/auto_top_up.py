@@ -115,6 +115,7 @@ class Section:
     enabled: bool
     paused: bool
     failures: int
+    threshold: Decimal | None
     target: Decimal | None
     next_try: dt.datetime | None
     card: Card | None
@@ -175,7 +176,8 @@ def section(state: Mapping[str, Any], settings: Settings, balance: Decimal, toda
     paused = bool(state["paused"])
     return Section(
         enabled=bool(state["enabled"]), paused=paused,
-        failures=int(state["consecutive_failures"]), target=state["target_balance"],
+        failures=int(state["consecutive_failures"]), threshold=state["threshold"],
+        target=state["target_balance"],
         next_try=state["next_attempt_not_before"] if state["enabled"] else None,
         card=card_of(state["payment_method"], today),
         last=last_attempt(state["last_attempt"], settings.currency),

@@ -312,10 +312,11 @@ def remove_card() -> ResponseReturnValue:
         removed = cards.remove(start.app_stripe_client(settings), member.org_id, member.member)
     except BillingError as exc:  # Stripe down or refusing, not configured
         return _render_page(remove_error=_not_removed(exc), status=exc.status)
-    if not removed or card is None:
+    if not removed:  # a second click, another tab
         return _back_to_section("There is no card on file to remove.")
-    return _back_to_section(f"{card.label} was removed and automatic top-ups are off. To "
-                            "save a card again, tick “Save this card” when you add funds.")
+    return _back_to_section(f"{card.label if card else 'Your card'} was removed and automatic"
+                            " top-ups are off. To save a card again, tick “Save this card”"
+                            " when you add funds.")
 
 
 def _not_removed(exc: BillingError) -> str:

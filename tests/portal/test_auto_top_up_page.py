@@ -129,7 +129,8 @@ def test_without_a_card_the_section_says_how_to_save_one(sign_in: SignIn,
     for absent in ("remove-card", "last-attempt", "auto-top-up-paused", "resume-auto-top-up"):
         assert not page.has(absent), absent
     form = page.attrs["auto-top-up-form"]
-    assert (form["method"], form["action"]) == ("post", "/billing/auto-top-up")
+    # At the section when it comes back with a problem, not at the top of the page.
+    assert (form["method"], form["action"]) == ("post", "/billing/auto-top-up#auto-top-up")
     enabled = page.attrs["auto-top-up-enabled"]
     assert (enabled["type"], enabled["name"], enabled["value"]) == ("checkbox", "enabled", "yes")
     assert "checked" not in enabled
@@ -207,6 +208,12 @@ def test_remove_card_detaches_it_at_stripe_and_says_so(
     assert "checked" not in page.attrs["auto-top-up-enabled"]
     again, _ = _page(browser)  # said once
     assert not again.has("auto-top-up-message")
+    # The same form sent again (a double click): nothing more at Stripe.
+    assert browser.post("/billing/auto-top-up/remove-card",
+                        data={"csrf_token": csrf_token(html)}).status_code == 303
+    assert len(_detached(stripe_api)) == 1
+    page, _ = _page(browser)
+    assert page.text("auto-top-up-message") == "There is no card on file to remove."
 
 
 def test_remove_card_when_stripe_fails_keeps_the_card_and_says_so(
@@ -402,7 +409,8 @@ def test_a_failed_attempt_shows_when_how_much_and_why(
     assert "Your balance had fallen to $5.00." in text
     when = attempt["created_at"].astimezone(auto_top_up.dt.UTC)
     assert f'<time datetime="{when.isoformat().replace("+00:00", "Z")}">' in html
-    assert page.has("next-try")  # the next try waits out the delay
+    # The next try waits out the delay.
+    assert page.text("next-try").endswith("if your balance is still below $10.00.")
     assert not page.has("auto-top-up-paused")
 
 
@@ -511,6 +519,8 @@ def test_pay_now_starts_a_checkout_that_saves_the_card_and_resumes_auto_top_up(
     assert not page.has("auto-top-up-paused")
     assert page.text("saved-card").startswith("Visa ending 1881")
     assert "checked" in page.attrs["auto-top-up-enabled"]
+    assert page.text("last-attempt").endswith(
+        "Automatic top-ups have been turned back on since.")
 
 
 def test_pay_now_when_not_paused_charges_nothing(
