@@ -11,6 +11,7 @@ the two differ, so "$138.06" never stands unexplained beside a history ending in
 from __future__ import annotations
 
 import datetime as dt
+import re
 from decimal import Decimal
 
 from flask import Flask
@@ -21,6 +22,7 @@ from billing_gateway.platform.config import Settings
 _TYPE_LABELS = {"purchase": "Purchase", "sms_send": "SMS send", "refund": "Refund",
                 "adjustment": "Adjustment", "bonus": "Bonus", "reversal": "Reversal"}
 MINUS = "\u2212"  # a true minus: as wide as "+", and read as "minus" by screen readers
+_GROUPED = re.compile(r"[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]*)?")
 
 
 def exact(amount: Decimal, currency: str) -> str:
@@ -50,6 +52,16 @@ def _written(amount: Decimal, currency: str, places: int) -> str:
     return f"{sign}{symbol}{digits}" if symbol else f"{sign}{digits} {currency.upper()}"
 
 
+def read_amount(typed: str, currency: str) -> Decimal:
+    """Read an amount as a customer types it, or as the page writes it: "25", "25.00",
+    "$1,000.00" (money.AmountError if it is not one). Commas only between groups of three,
+    so that "1,5" (a decimal comma) is refused rather than read as 15."""
+    text = typed.strip().removeprefix(money.currency_symbol(currency)).strip()
+    if _GROUPED.fullmatch(text):
+        text = text.replace(",", "")
+    return money.parse_decimal_text(text)
+
+
 def count(number: int) -> str:
     """A count grouped in thousands: "4,925"."""
     return f"{number:,}"
@@ -73,6 +85,9 @@ def register(app: Flask, settings: Settings) -> None:
     app.add_template_filter(lambda a: whole(Decimal(a), currency), "money_whole")
     # Machine-readable (data-amount): plain and exact, no symbol, no grouping.
     app.add_template_filter(lambda a: money.format_number(Decimal(a)), "plain_amount")
+    # Beside an amount field: "$", or the code for a currency written without a symbol.
+    app.add_template_filter(
+        lambda c: money.currency_symbol(c) or c.upper(), "currency_symbol")
     app.add_template_filter(count, "count")
     app.add_template_filter(iso_utc, "iso_utc")
     app.add_template_filter(lambda t: _TYPE_LABELS.get(t, t), "type_label")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -14,7 +13,9 @@ from flask import (
     Blueprint,
     Response,
     current_app,
+    flash,
     g,
+    get_flashed_messages,
     jsonify,
     make_response,
     redirect,
@@ -27,13 +28,15 @@ from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFProtect
 from werkzeug.exceptions import HTTPException, Unauthorized
 
+from billing_gateway.autotopup import cards
+from billing_gateway.autotopup import settings as auto_top_up_settings
 from billing_gateway.ledger import credits, export, history
 from billing_gateway.notifications import alerts
 from billing_gateway.platform import money
 from billing_gateway.platform.config import Settings
 from billing_gateway.platform.db import get_db, tenant_transaction
 from billing_gateway.platform.errors import BillingError, ValidationFailed
-from billing_gateway.portal import filters, links, security, sessions, spend_chart
+from billing_gateway.portal import auto_top_up, filters, links, security, sessions, spend_chart
 from billing_gateway.topups import checkout, start
 from billing_gateway.usage import summary
 
@@ -51,7 +54,8 @@ CHART_DAYS = 30
 # belongs to, and whether it still works, is in portal_sessions.
 SESSION_TOKEN = "portal_session"  # noqa: S105  # a key of the session, not a secret
 _OPEN_ENDPOINTS = ("billing_page.open_link", "billing_page.static")
-_GROUPED = re.compile(r"[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]*)?")
+# The flashed messages of the auto top-up section (shown once, after its forms redirect).
+AUTO_TOP_UP_MESSAGE = "auto-top-up"
 
 
 def _settings() -> Settings:
@@ -138,6 +142,8 @@ def _payment_banner(conn: Any, org: uuid.UUID) -> dict[str, Any] | None:
 
 
 def _render_page(*, form_error: str | None = None, entered: str = "", save_card: bool = False,
+                 auto_form: auto_top_up.SettingsForm | None = None,
+                 remove_error: str | None = None, resume_error: str | None = None,
                  status: int = 200) -> ResponseReturnValue:
     settings = _settings()
     member = _member()
@@ -153,6 +159,7 @@ def _render_page(*, form_error: str | None = None, entered: str = "", save_card:
         threshold = alerts.alert_settings(
             conn, member.org_id, default_threshold=settings.low_balance_default
         ).low_balance_threshold
+        auto_state = auto_top_up_settings.read(conn, member.org_id)
     pages_total = max(1, -(-page.total // PAGE_SIZE))
     body = render_template(
         "billing.html",
@@ -166,6 +173,10 @@ def _render_page(*, form_error: str | None = None, entered: str = "", save_card:
         form_error=form_error,
         entered=entered,
         save_card=save_card,
+        auto=auto_top_up.section(auto_state, settings, balance, today, form=auto_form),
+        auto_messages=get_flashed_messages(category_filter=[AUTO_TOP_UP_MESSAGE]),
+        remove_error=remove_error,
+        resume_error=resume_error,
         banner=banner,
         chart=spend_chart.draw(usage["items"], usage["total"]),
         transactions=page.transactions,
@@ -182,15 +193,12 @@ def _render_page(*, form_error: str | None = None, entered: str = "", save_card:
 def _requested_amount() -> tuple[str, Decimal]:
     """The quick amount pressed, else the custom amount typed ("25", "25.00", "$1,000")."""
     raw = (request.form.get("quick") or request.form.get("amount") or "").strip()
-    text = raw.removeprefix(money.currency_symbol(_settings().currency)).strip()
-    # The page writes amounts grouped ("$10,000.00"), so a customer may type them so; only
-    # commas between groups of three, so that "1,5" is refused rather than read as 15.
-    if _GROUPED.fullmatch(text):
-        text = text.replace(",", "")
-    if not text:
+    currency = _settings().currency
+    if not raw.removeprefix(money.currency_symbol(currency)).strip():
         raise ValidationFailed("Enter an amount, or choose one of the amounts above.")
     try:
-        return raw, money.parse_decimal_text(text)
+        # The page writes amounts grouped ("$10,000.00"), so a customer may type them so.
+        return raw, filters.read_amount(raw, currency)
     except money.AmountError as exc:
         raise ValidationFailed(f"“{raw[:40]}” is not an amount, such as 25 or 25.00.") from exc
 
@@ -198,7 +206,7 @@ def _requested_amount() -> tuple[str, Decimal]:
 @pages.route("/add-funds", methods=["POST"])
 def add_funds() -> ResponseReturnValue:
     """Create a Checkout Session as POST /create-checkout does, then 303 to Stripe's page."""
-    settings, member = _settings(), _member()
+    settings = _settings()
     entered = ""
     # A checkbox is sent only when ticked; anything but the form's own value is "not ticked".
     save_card = request.form.get("save_card") == "yes"
@@ -208,21 +216,27 @@ def add_funds() -> ResponseReturnValue:
             start.check_amount(settings, amount)
         except ValidationFailed as exc:
             raise ValidationFailed(_amount_problem(settings, amount)) from exc
-        topup = checkout.TopUpRequest(
-            member.org_id, amount, settings.currency, member.member,
-            # One form shown, one amount: a double click or a resubmission reuses the
-            # session Stripe already made instead of opening a second one. Saving the card
-            # asks Stripe for other parameters, so the box ticked is another key.
-            start.stripe_idempotency_key(member.member, member.org_id,
-                                         f"page\0{_attempt()}\0{amount}", save_card),
-            save_card=save_card)
-        created = start.create_session(settings, topup)
+        return _checkout(amount, save_card=save_card, form="page")
     except ValidationFailed as exc:
         return _render_page(form_error=exc.message, entered=entered, save_card=save_card,
                             status=400)
     except BillingError as exc:  # Stripe down or slow, not configured, too busy
         return _render_page(form_error=_provider_message(exc), entered=entered,
                             save_card=save_card, status=exc.status)
+
+
+def _checkout(amount: Decimal, *, save_card: bool, form: str) -> ResponseReturnValue:
+    """Create the Checkout Session for a form of the page, record it and 303 to it."""
+    settings, member = _settings(), _member()
+    topup = checkout.TopUpRequest(
+        member.org_id, amount, settings.currency, member.member,
+        # One form shown, one amount: a double click or a resubmission reuses the
+        # session Stripe already made instead of opening a second one. Saving the card
+        # asks Stripe for other parameters, so the box ticked is another key.
+        start.stripe_idempotency_key(member.member, member.org_id,
+                                     f"{form}\0{_attempt()}\0{amount}", save_card),
+        save_card=save_card)
+    created = start.create_session(settings, topup)
     assert isinstance(created, dict)  # no replay callback: always Stripe's session
     with tenant_transaction(get_db(), member.org_id, member.member) as conn:
         checkout.record_session(conn, topup, created)
@@ -247,6 +261,85 @@ def _provider_message(exc: BillingError) -> str:
     if exc.status == 503:
         return "Payments are busy or unavailable right now. Please try again in a minute."
     return "The payment provider could not be reached. Nothing was charged; please try again."
+
+
+def _back_to_section(message: str) -> ResponseReturnValue:
+    """Post/redirect/get: the page again, at the section, saying what happened (once)."""
+    flash(message, AUTO_TOP_UP_MESSAGE)
+    return redirect(url_for(".billing", _anchor="auto-top-up"), 303)
+
+
+def _auto_top_up_state() -> dict[str, Any]:
+    member = _member()
+    with tenant_transaction(get_db(), member.org_id, member.member) as conn:
+        return auto_top_up_settings.read(conn, member.org_id)
+
+
+@pages.route("/auto-top-up", methods=["POST"])
+def save_auto_top_up() -> ResponseReturnValue:
+    """Turn automatic top-ups on or off and set their threshold and target, as
+    PUT /auto-top-up does; problems are shown next to their fields."""
+    settings, member = _settings(), _member()
+    with tenant_transaction(get_db(), member.org_id, member.member) as conn:
+        before = auto_top_up_settings.read(conn, member.org_id)
+        typed, wanted = auto_top_up.read_form(request.form, settings, before)
+        if wanted is not None:
+            try:
+                with conn.transaction():  # a refusal leaves nothing behind
+                    auto_top_up_settings.update(
+                        conn, settings, member.org_id, enabled=wanted.enabled,
+                        threshold=wanted.threshold, target=wanted.target)
+            except ValidationFailed as exc:
+                typed = auto_top_up.api_errors(typed, exc.fields or {"enabled": [exc.message]})
+        after = auto_top_up_settings.read(conn, member.org_id)
+    if typed.errors:
+        return _render_page(auto_form=typed, status=400)
+    last_before, last_after = before["last_attempt"], after["last_attempt"]
+    started = last_after is not None and last_after["status"] == "pending" and (
+        last_before is None or last_before["id"] != last_after["id"])
+    return _back_to_section(auto_top_up.saved_message(after, started, settings.currency))
+
+
+@pages.route("/auto-top-up/remove-card", methods=["POST"])
+def remove_card() -> ResponseReturnValue:
+    """Remove the saved card (detached at Stripe, forgotten here, automatic top-ups off),
+    as DELETE /auto-top-up/card does."""
+    settings, member = _settings(), _member()
+    card = auto_top_up.card_of(_auto_top_up_state()["payment_method"],
+                               dt.datetime.now(dt.UTC).date())
+    try:
+        # cards.remove holds no transaction while Stripe answers.
+        removed = cards.remove(start.app_stripe_client(settings), member.org_id, member.member)
+    except BillingError as exc:  # Stripe down or refusing, not configured
+        return _render_page(remove_error=_not_removed(exc), status=exc.status)
+    if not removed:  # a second click, another tab
+        return _back_to_section("There is no card on file to remove.")
+    return _back_to_section(f"{card.label if card else 'Your card'} was removed and automatic"
+                            " top-ups are off. To save a card again, tick “Save this card”"
+                            " when you add funds.")
+
+
+def _not_removed(exc: BillingError) -> str:
+    if exc.status == 503:
+        return "Cards cannot be removed right now. Your card is still on file; try again soon."
+    return ("The payment provider could not be reached, so your card is still on file. "
+            "Please try again.")
+
+
+@pages.route("/auto-top-up/resume", methods=["POST"])
+def resume_auto_top_up() -> ResponseReturnValue:
+    """Pay now with a card saved for later: the new card turns paused automatic top-ups back
+    on (sql save_card). The amount brings the balance back to the target."""
+    settings, member = _settings(), _member()
+    balance, _ = credits.get_account(get_db(), member.org_id, member.member)
+    state = _auto_top_up_state()
+    if not state["paused"]:  # resumed meanwhile (another tab, another member)
+        return _back_to_section("Automatic top-ups are not paused: nothing was charged.")
+    amount = auto_top_up.resume_amount(settings, balance, state["target_balance"])
+    try:
+        return _checkout(amount, save_card=True, form="resume")
+    except BillingError as exc:
+        return _render_page(resume_error=_provider_message(exc), status=exc.status)
 
 
 @pages.route("/payment-status", methods=["GET"])

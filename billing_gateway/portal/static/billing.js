@@ -1,5 +1,6 @@
 // The billing page works without this script; it only adds conveniences:
-// local times, applying the type filter on change, and waiting for a payment's credit.
+// local times, applying the type filter on change, waiting for a payment's credit, and
+// showing the problem of a form that came back refused.
 (function () {
   "use strict";
 
@@ -12,6 +13,18 @@
       el.title = el.getAttribute("datetime");
     }
   });
+
+  // A form of the automatic top-up section came back with a problem: bring it into view
+  // and put the cursor in the field to correct. After "load": the browser's own scroll to
+  // the address's #auto-top-up moves the focus to the page, so it must have happened.
+  var problem = document.querySelector(
+    "#auto-top-up [aria-invalid=true], #auto-top-up .error[role=alert]");
+  if (problem) {
+    window.addEventListener("load", function () {
+      problem.scrollIntoView({ block: "center" });
+      if (problem.matches("input")) { problem.focus({ preventScroll: true }); }
+    });
+  }
 
   var filter = document.getElementById("type-filter");
   if (filter && filter.form) {
