@@ -10,7 +10,7 @@ import pytest
 from flask.testing import FlaskClient
 
 # The worker's fixtures: the page's auto top-up tests run attempts as the worker does.
-from tests.autotopup.conftest import run_worker, worker_conn, worker_stripe  # noqa: F401
+from tests.autotopup.conftest import run_worker, worker_stripe  # noqa: F401
 from tests.plugins.service import TokenFactory
 
 LINKS = "/api/billing/portal-sessions"
