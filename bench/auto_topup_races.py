@@ -148,7 +148,7 @@ def main() -> int:
     wrong = [n for n, row in enumerate(rows, 1)
              if (row["attempts"], row["intents"], row["purchases"]) != (1, 1, 2)
              or not row["exact"]]
-    print(f"crossing to credit: p50 {percentile(times, 0.5):.0f} ms, max {max(times):.0f} ms;"
+    print(f"crossing to credit: p50 {percentile(times, 50):.0f} ms, max {max(times):.0f} ms;"
           f" rounds with other than one attempt, one PaymentIntent and two purchases, or an"
           f" inexact balance: {wrong or 'none'}")
     return 1 if wrong else 0
