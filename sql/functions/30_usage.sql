@@ -113,6 +113,8 @@ DECLARE
     a_outcome text[] := '{}'; a_first integer[] := '{}';
     -- the orgs with a charge refused for want of funds (balance.depleted)
     r_org uuid[] := '{}';
+    -- the orgs with any charge refused for want of funds (an auto top-up may be due)
+    t_org uuid[] := '{}';
     -- the loop's running state of one org
     v_org uuid; v_balance numeric; v_seq bigint; v_type_seq bigint; v_id uuid;
 BEGIN
@@ -247,6 +249,9 @@ BEGIN
                 a_balance := a_balance || v_balance;
                 a_outcome := a_outcome || CASE WHEN d_candidate[i] THEN 'insufficient_funds'
                                                ELSE 'too_large' END;
+                IF d_candidate[i] THEN
+                    t_org := t_org || v_org;
+                END IF;
                 -- A depletion only when the balance at this refusal is already below the
                 -- threshold (as for a single charge): a refusal at or above it is only too
                 -- large, even if a later item of the batch takes the balance below.
@@ -312,6 +317,11 @@ BEGIN
 
     -- After the balances moved, so an org that fell below its threshold in this batch has
     -- its balance.low before the balance.depleted of its refusal.
+    -- Any refusal for want of funds may start an auto top-up, as a single charge's does
+    -- (sql/functions/70_autotopup.sql); note_refused_charges then finds it in flight.
+    IF cardinality(t_org) > 0 THEN
+        PERFORM auto_topup_after_refusal(t_org);
+    END IF;
     IF cardinality(r_org) > 0 THEN
         PERFORM note_refused_charges(r_org);
     END IF;

@@ -230,3 +230,24 @@ def test_a_bulk_charge_across_orgs_starts_one_attempt_for_each_org_it_takes_belo
         [attempt] = attempts_of(owner_conn, each)
         assert (attempt["balance_at_trigger"], attempt["amount"]) == (
             Decimal("5.00"), Decimal("45.00"))
+
+
+def test_a_bulk_item_refused_for_funds_starts_an_attempt_as_a_single_refusal_does(
+        client: FlaskClient, auth: TokenFactory, org: uuid.UUID,
+        stripe_api: responses.RequestsMock, owner_conn: psycopg.Connection) -> None:
+    # Found by the stateful model: a bulk refusal started one only below the alert threshold.
+    save_card(client, auth, stripe_api, org)  # 25.00
+    turn_on(client, auth, org, "10.00", "50.00")
+    owner_conn.execute("UPDATE organizations SET auto_topup_state = 'off' WHERE id = %s",
+                       (org,))  # a charge to 9.00 that starts nothing (the clock, in effect)
+    assert charge(client, auth, org, "16.00").status_code == 201
+    owner_conn.execute("UPDATE organizations SET auto_topup_state = 'on' WHERE id = %s",
+                       (org,))
+    assert attempts_of(owner_conn, org) == []
+    answer = client.post("/api/billing/deduct/bulk", headers=auth("service"), json={
+        "charges": [{"orgId": str(org), "smsCount": 1, "costPerSms": "20.00",
+                     "messageId": "refused-in-bulk"}]})
+    assert answer.get_json()["summary"]["insufficientFunds"] == 1
+    [attempt] = attempts_of(owner_conn, org)
+    assert (attempt["balance_at_trigger"], attempt["amount"]) == (Decimal("9.00"),
+                                                                  Decimal("41.00"))
