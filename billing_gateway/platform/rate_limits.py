@@ -53,7 +53,7 @@ def init_app(app: Flask, settings: Settings) -> Limiter:
         caller = _verified_caller()
         return f"sub:{caller.subject}" if caller else f"addr:{get_remote_address()}"
 
-    def exempt() -> bool:
+    def sms_sender() -> bool:
         caller = _verified_caller()
         return caller is not None and caller.role == SERVICE
 
@@ -64,11 +64,14 @@ def init_app(app: Flask, settings: Settings) -> Limiter:
         key_func=caller_key,
         app=app,
         default_limits=[settings.rate_limit] if enabled else [],
-        default_limits_exempt_when=exempt,
         storage_uri=settings.ratelimit_storage_uri,
         headers_enabled=True,
         enabled=enabled,
     )
+    # The SMS sender is never limited: a request filter, checked before any limit is
+    # resolved, rather than exempting each default limit after resolving it
+    # (bench/request_cost.py, docs/performance.md).
+    limiter.request_filter(sms_sender)
     for endpoint in (*PUBLIC_ENDPOINTS, WEBHOOK_ENDPOINT):
         if endpoint in app.view_functions:
             limiter.exempt(app.view_functions[endpoint])
