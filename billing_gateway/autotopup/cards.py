@@ -23,16 +23,17 @@ def saved_card(conn: psycopg.Connection, org_id: uuid.UUID) -> SavedCard | None:
             (org_id,)).fetchone()
 
 
-def remove(client: stripe.StripeClient, org_id: uuid.UUID, caller: str) -> bool:
-    """Detach the org's card at Stripe, forget it and turn auto top-up off; False if there
-    was none. Detached first: a card forgotten here but still attached at Stripe could
-    still be charged by anyone holding the key. No connection is held while Stripe answers.
+def remove(client: stripe.StripeClient, org_id: uuid.UUID, caller: str) -> SavedCard | None:
+    """Detach the org's card at Stripe, forget it and turn auto top-up off; the card
+    removed, or None if there was none. Detached first: a card forgotten here but still
+    attached at Stripe could still be charged by anyone holding the key. No connection is
+    held while Stripe answers.
     """
     with tenant_transaction(get_db(), org_id, caller) as conn:
         card = saved_card(conn, org_id)
     release_db()
     if card is None:
-        return False
+        return None
     stripe_client.detach_payment_method(client, card.payment_method_id)
     with tenant_transaction(get_db(), org_id, caller) as conn:
         removed = conn.execute(
@@ -40,4 +41,4 @@ def remove(client: stripe.StripeClient, org_id: uuid.UUID, caller: str) -> bool:
             (org_id, card.payment_method_id)).fetchone()
         if removed:  # a newer card saved meanwhile stays, with the settings it works under
             conn.execute("SELECT set_auto_topup(%s, false, NULL, NULL)", (org_id,))
-    return True
+    return card

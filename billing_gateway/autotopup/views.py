@@ -62,6 +62,6 @@ def remove_card(org_id: UUID | None = None) -> dict[str, bool]:
     caller = current_caller()
     org = resolve_org(caller, org_id)
     client = start.app_stripe_client(current_app.config["BILLING_SETTINGS"])
-    if not cards.remove(client, org, caller.subject):
+    if cards.remove(client, org, caller.subject) is None:
         raise NotFound("The org has no saved card")
     return {"removed": True}

@@ -305,15 +305,16 @@ def remove_card() -> ResponseReturnValue:
     """Remove the saved card (detached at Stripe, forgotten here, automatic top-ups off),
     as DELETE /auto-top-up/card does."""
     settings, member = _settings(), _member()
-    card = auto_top_up.card_of(_auto_top_up_state()["payment_method"],
-                               dt.datetime.now(dt.UTC).date())
     try:
         # cards.remove holds no transaction while Stripe answers.
         removed = cards.remove(start.app_stripe_client(settings), member.org_id, member.member)
     except BillingError as exc:  # Stripe down or refusing, not configured
         return _render_page(remove_error=_not_removed(exc), status=exc.status)
-    if not removed:  # a second click, another tab
+    if removed is None:  # a second click, another tab
         return _back_to_section("There is no card on file to remove.")
+    card = auto_top_up.card_of({"brand": removed.brand, "last4": removed.last4,
+                                "exp_month": removed.exp_month, "exp_year": removed.exp_year},
+                               dt.datetime.now(dt.UTC).date())
     return _back_to_section(f"{card.label if card else 'Your card'} was removed and automatic"
                             " top-ups are off. To save a card again, tick “Save this card”"
                             " when you add funds.")
